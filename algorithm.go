@@ -1,0 +1,40 @@
+package luarate
+
+// Algorithm selects how a Limit counts. Each algorithm is one Lua script in
+// scripts/, named by String, that runs atomically inside Redis.
+//
+// Choosing one:
+//   - FixedWindow: cheapest; counts per epoch-aligned window, so a client can
+//     spend a full window's worth on each side of a boundary (2x in one period).
+//   - TokenBucket: smooth; bursts up to Burst, then a steady Rate.
+//   - GCRA: the same admissions as TokenBucket with one number of state; the
+//     fastest smooth limiter.
+type Algorithm int
+
+// The algorithms. The zero value is not an algorithm, so a Limit must name one.
+const (
+	FixedWindow Algorithm = iota + 1
+	TokenBucket
+	GCRA
+)
+
+// scriptNames maps each Algorithm to its script, scripts/<name>.lua.
+var scriptNames = [...]string{
+	FixedWindow: "fixed_window",
+	TokenBucket: "token_bucket",
+	GCRA:        "gcra",
+}
+
+// String returns the name of the algorithm's script, e.g. "token_bucket".
+func (a Algorithm) String() string {
+	if a <= 0 || int(a) >= len(scriptNames) {
+		return "Algorithm(" + itoa(int64(a)) + ")"
+	}
+	return scriptNames[a]
+}
+
+// windowed reports whether the algorithm counts per window, where Burst has no
+// meaning of its own.
+func (a Algorithm) windowed() bool {
+	return a == FixedWindow
+}

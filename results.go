@@ -1,0 +1,82 @@
+package luarate
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// ErrInvalidResponse means Redis answered with something that is not a
+// luarate reply: usually a different script loaded under the same SHA1, or a
+// proxy in the way.
+var ErrInvalidResponse = errors.New("luarate: invalid response from Redis")
+
+// Result is the outcome of one decision, as the script replied it.
+//
+// If a limiter allows 10 per second and has admitted 6 this second, an Allow
+// returns Allowed true, Limit 10, Remaining 3 (after this request), RetryAfter 0.
+type Result struct {
+	// Allowed is true when the request was admitted and its cost consumed.
+	Allowed bool
+	// Limit is the capacity of the limit reported: Burst, or Rate for a window.
+	Limit int64
+	// Remaining is how many requests of cost 1 would still be admitted now.
+	Remaining int64
+	// ResetAfter is the wait until the limit is back to full (Remaining = Limit).
+	ResetAfter time.Duration
+	// RetryAfter is the wait until this request would be admitted; 0 when allowed.
+	RetryAfter time.Duration
+}
+
+// replyLen is the number of integers in every script's reply:
+// {allowed, limit, remaining, reset_after_ms, retry_after_ms}.
+const replyLen = 5
+
+// parseResult decodes a script reply, checking its shape instead of trusting it.
+func parseResult(msg rueidis.RedisMessage) (Result, error) {
+	arr, err := msg.ToArray()
+	if err != nil || len(arr) < replyLen {
+		return Result{}, ErrInvalidResponse
+	}
+	var v [replyLen]int64
+	for i := range v {
+		if v[i], err = arr[i].AsInt64(); err != nil || v[i] < 0 {
+			return Result{}, ErrInvalidResponse
+		}
+	}
+	if v[0] > 1 {
+		return Result{}, ErrInvalidResponse
+	}
+	return Result{
+		Allowed:    v[0] == 1,
+		Limit:      v[1],
+		Remaining:  v[2],
+		ResetAfter: time.Duration(v[3]) * time.Millisecond,
+		RetryAfter: time.Duration(v[4]) * time.Millisecond,
+	}, nil
+}
+
+// SetHeaders writes the de-facto rate-limit headers:
+//
+//	X-RateLimit-Limit      the capacity
+//	X-RateLimit-Remaining  requests left now
+//	X-RateLimit-Reset      seconds until back to full (delta, rounded up)
+//	Retry-After            seconds until a retry can succeed (only when denied; at least 1)
+//
+// Reset is a delta, not an epoch time, so it stays right when the client's
+// clock is off, and it matches Retry-After and the IETF RateLimit draft.
+func (r Result) SetHeaders(h http.Header) {
+	h.Set("X-RateLimit-Limit", strconv.FormatInt(r.Limit, 10))
+	h.Set("X-RateLimit-Remaining", strconv.FormatInt(r.Remaining, 10))
+	h.Set("X-RateLimit-Reset", strconv.FormatInt(ceilSeconds(r.ResetAfter), 10))
+	if !r.Allowed {
+		h.Set("Retry-After", strconv.FormatInt(max(ceilSeconds(r.RetryAfter), 1), 10))
+	}
+}
+
+func ceilSeconds(d time.Duration) int64 {
+	return int64((d + time.Second - 1) / time.Second)
+}
