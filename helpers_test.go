@@ -107,7 +107,7 @@ func uniquePrefix() string {
 // clock is a settable time for WithClock.
 type clock struct{ ms int64 }
 
-func (c *clock) now() time.Time       { return time.UnixMilli(c.ms) }
+func (c *clock) now() time.Time      { return time.UnixMilli(c.ms) }
 func (c *clock) add(d time.Duration) { c.ms += d.Milliseconds() }
 
 // limiter returns a Limiter on b whose scripts see the clock's time.

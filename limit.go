@@ -23,10 +23,14 @@ type Limit struct {
 }
 
 // PerSecond returns a Limit of n per second.
-func PerSecond(algo Algorithm, n int) Limit { return Limit{Algorithm: algo, Rate: n, Period: time.Second} }
+func PerSecond(algo Algorithm, n int) Limit {
+	return Limit{Algorithm: algo, Rate: n, Period: time.Second}
+}
 
 // PerMinute returns a Limit of n per minute.
-func PerMinute(algo Algorithm, n int) Limit { return Limit{Algorithm: algo, Rate: n, Period: time.Minute} }
+func PerMinute(algo Algorithm, n int) Limit {
+	return Limit{Algorithm: algo, Rate: n, Period: time.Minute}
+}
 
 // PerHour returns a Limit of n per hour.
 func PerHour(algo Algorithm, n int) Limit { return Limit{Algorithm: algo, Rate: n, Period: time.Hour} }
