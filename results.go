@@ -29,16 +29,19 @@ type Result struct {
 	ResetAfter time.Duration
 	// RetryAfter is the wait until this request would be admitted; 0 when allowed.
 	RetryAfter time.Duration
+	// Delay is how long an admitted request must wait before it proceeds. Only
+	// queueing algorithms set it; it is 0 for the others.
+	Delay time.Duration
 }
 
 // replyLen is the number of integers in every script's reply:
-// {allowed, limit, remaining, reset_after_ms, retry_after_ms}.
-const replyLen = 5
+// {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms}.
+const replyLen = 6
 
 // parseResult decodes a script reply, checking its shape instead of trusting it.
 func parseResult(msg rueidis.RedisMessage) (Result, error) {
 	arr, err := msg.ToArray()
-	if err != nil || len(arr) < replyLen {
+	if err != nil || len(arr) != replyLen {
 		return Result{}, ErrInvalidResponse
 	}
 	var v [replyLen]int64
@@ -56,6 +59,7 @@ func parseResult(msg rueidis.RedisMessage) (Result, error) {
 		Remaining:  v[2],
 		ResetAfter: time.Duration(v[3]) * time.Millisecond,
 		RetryAfter: time.Duration(v[4]) * time.Millisecond,
+		Delay:      time.Duration(v[5]) * time.Millisecond,
 	}, nil
 }
 

@@ -20,12 +20,13 @@
 --   cost       integer 0..rate of every limit; 0 = peek (reads, never writes)
 --   now_ms     optional integer 0..4e12, Unix time in ms; missing or "" = Redis TIME
 --
--- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms}, integers:
+-- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms}:
 --   allowed         1 if the request was admitted (all limits consumed), else 0
 --   limit           the rate of the reported limit
 --   remaining       cost still admitted in the current window
 --   reset_after_ms  ms until the current window ends
 --   retry_after_ms  ms until this request would be admitted; 0 when allowed
+--   delay_ms        always 0 here (queueing scripts: ms to wait before proceeding)
 -- With several limits all or none consume, and the reply reports the tightest:
 -- the denying limit with the longest retry_after, else the fewest remaining.
 -- Bad arguments get one line "ERR luarate: ..." naming the argument.
@@ -104,10 +105,10 @@ local function run()
     local r
     if count + cost <= rate then
       count = count + cost
-      r = {1, rate, rate - count, reset, 0}
+      r = {1, rate, rate - count, reset, 0, 0}
       writes[i] = {string.format('%d %d', count, start), reset}
     else
-      r = {0, rate, math.max(rate - count, 0), reset, reset}
+      r = {0, rate, math.max(rate - count, 0), reset, reset, 0}
     end
     if reply == nil
       or (r[1] == 0 and (reply[1] == 1 or r[5] > reply[5]))

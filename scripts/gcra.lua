@@ -24,12 +24,13 @@
 --   cost       integer 0..burst of every limit; 0 = peek (reads, never writes)
 --   now_ms     optional integer 0..4e12, Unix time in ms; missing or "" = Redis TIME
 --
--- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms}, integers:
+-- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms}:
 --   allowed         1 if the request was admitted (all limits consumed), else 0
 --   limit           the capacity (burst) of the reported limit
 --   remaining       requests of cost 1 that would still be admitted now
 --   reset_after_ms  ms until the reported limit is back to full
 --   retry_after_ms  ms until this request would be admitted; 0 when allowed
+--   delay_ms        always 0 here (queueing scripts: ms to wait before proceeding)
 -- With several limits all or none consume, and the reply reports the tightest:
 -- the denying limit with the longest retry_after, else the fewest remaining.
 -- Bad arguments get one line "ERR luarate: ..." naming the argument.
@@ -114,14 +115,14 @@ local function run()
     local allow_at = new_tat - tolerance
     local r
     if now >= allow_at then
-      r = {1, burst, math.floor((now - allow_at) / interval), math.ceil((new_tat - now) / 1000), 0}
+      r = {1, burst, math.floor((now - allow_at) / interval), math.ceil((new_tat - now) / 1000), 0, 0}
       writes[i] = new_tat
     else
       local left = math.floor((now + tolerance - tat) / interval)
       if left < 0 then
         left = 0
       end
-      r = {0, burst, left, math.ceil((tat - now) / 1000), math.ceil((allow_at - now) / 1000)}
+      r = {0, burst, left, math.ceil((tat - now) / 1000), math.ceil((allow_at - now) / 1000), 0}
     end
     if reply == nil
       or (r[1] == 0 and (reply[1] == 1 or r[5] > reply[5]))

@@ -24,12 +24,13 @@
 --   cost       integer 0..burst of every limit; 0 = peek (reads, never writes)
 --   now_ms     optional integer 0..4e12, Unix time in ms; missing or "" = Redis TIME
 --
--- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms}, integers:
+-- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms}:
 --   allowed         1 if the request was admitted (all limits consumed), else 0
 --   limit           the capacity (burst) of the reported limit
 --   remaining       whole tokens left after this request
 --   reset_after_ms  ms until the reported bucket is full again
 --   retry_after_ms  ms until this request would be admitted; 0 when allowed
+--   delay_ms        always 0 here (queueing scripts: ms to wait before proceeding)
 -- With several limits all or none consume, and the reply reports the tightest:
 -- the denying limit with the longest retry_after, else the fewest remaining.
 -- Bad arguments get one line "ERR luarate: ..." naming the argument.
@@ -134,11 +135,11 @@ local function run()
     local r
     if level >= need then
       level = level - need
-      r = {1, burst, math.floor(level / unit), lag + math.ceil((capacity - level) / fill), 0}
+      r = {1, burst, math.floor(level / unit), lag + math.ceil((capacity - level) / fill), 0, 0}
       writes[i] = {string.format('%d %d', level, updated), r[4]}
     else
       r = {0, burst, math.floor(level / unit), lag + math.ceil((capacity - level) / fill),
-        lag + math.ceil((need - level) / fill)}
+        lag + math.ceil((need - level) / fill), 0}
     end
     if reply == nil
       or (r[1] == 0 and (reply[1] == 1 or r[5] > reply[5]))

@@ -1,0 +1,88 @@
+package luarate_test
+
+import (
+	"context"
+	"fmt"
+	"net/http/httptest"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/luarate/luarate"
+	"github.com/redis/rueidis"
+)
+
+// The quick start: 10 requests per second per user, checked in Redis.
+// (Here an embedded miniredis and a fixed clock keep the output stable; with a
+// real Redis, drop WithClock and the server's clock is used.)
+func Example() {
+	mr, _ := miniredis.Run()
+	defer mr.Close()
+	client, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress:       []string{mr.Addr()},
+		DisableCache:      true, // miniredis has no client-side caching
+		ForceSingleClient: true, // miniredis answers CLUSTER SLOTS; it is one node
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer client.Close()
+
+	now := time.UnixMilli(1_700_000_000_000)
+	limiter := luarate.New(client, luarate.WithClock(func() time.Time { return now }))
+	limit := luarate.PerSecond(luarate.GCRA, 10)
+
+	ctx := context.Background()
+	for i := 1; i <= 12; i++ {
+		res, err := limiter.Allow(ctx, "user42", limit)
+		if err != nil {
+			panic(err)
+		}
+		if i >= 9 {
+			fmt.Printf("request %d: allowed=%v remaining=%d retry_after=%v\n", i, res.Allowed, res.Remaining, res.RetryAfter)
+		}
+	}
+	// Output:
+	// request 9: allowed=true remaining=1 retry_after=0s
+	// request 10: allowed=true remaining=0 retry_after=0s
+	// request 11: allowed=false remaining=0 retry_after=100ms
+	// request 12: allowed=false remaining=0 retry_after=100ms
+}
+
+// Several limits of one identity in one atomic call: the request counts
+// against both, or against neither.
+func ExampleLimiter_AllowMulti() {
+	mr, _ := miniredis.Run()
+	defer mr.Close()
+	client, _ := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{mr.Addr()}, DisableCache: true, ForceSingleClient: true})
+	defer client.Close()
+	now := time.UnixMilli(1_700_000_000_000)
+	limiter := luarate.New(client, luarate.WithClock(func() time.Time { return now }))
+
+	perSecond := luarate.PerSecond(luarate.TokenBucket, 10)
+	perHour := luarate.PerHour(luarate.TokenBucket, 12)
+	for i := 1; i <= 3; i++ {
+		res, _ := limiter.AllowMulti(context.Background(), "tenant7", 5, perSecond, perHour)
+		fmt.Printf("5 more: allowed=%v limit=%d remaining=%d\n", res.Allowed, res.Limit, res.Remaining)
+	}
+	// The third call is denied by the hourly limit (2 left, 5 asked), so the
+	// per-second bucket, though it would refill soon, is not charged either.
+	// Output:
+	// 5 more: allowed=true limit=10 remaining=5
+	// 5 more: allowed=true limit=10 remaining=0
+	// 5 more: allowed=false limit=12 remaining=2
+}
+
+// SetHeaders writes the X-RateLimit-* headers, and Retry-After when denied.
+func ExampleResult_SetHeaders() {
+	res := luarate.Result{Allowed: false, Limit: 10, Remaining: 0, ResetAfter: 1500 * time.Millisecond, RetryAfter: 100 * time.Millisecond}
+	w := httptest.NewRecorder()
+	res.SetHeaders(w.Header())
+	for _, h := range []string{"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"} {
+		fmt.Printf("%s: %s\n", h, w.Header().Get(h))
+	}
+	// Output:
+	// X-RateLimit-Limit: 10
+	// X-RateLimit-Remaining: 0
+	// X-RateLimit-Reset: 2
+	// Retry-After: 1
+}
