@@ -317,7 +317,6 @@ func TestRealServer(t *testing.T) {
 	})
 }
 
-
 // A Redis that hangs (busy for a second) is cut off by the decision timeout
 // and the request is served: fail open.
 func TestHungRedisTimesOut(t *testing.T) {
