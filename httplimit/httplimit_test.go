@@ -355,3 +355,40 @@ func TestHungRedisTimesOut(t *testing.T) {
 	assert.ErrorIs(t, d.Err, context.DeadlineExceeded)
 	require.NoError(t, <-busy)
 }
+
+// 64 clients at once through a real HTTP server: exactly the limit gets
+// through, the rest get 429.
+func TestConcurrentExactlyTheLimit(t *testing.T) {
+	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
+		const limit, workers, each = 50, 64, 4
+		h := httplimit.Middleware(luarate.New(client, luarate.WithPrefix(prefix)), luarate.PerHour(luarate.GCRA, limit),
+			httplimit.WithTimeout(10*time.Second))(ok)
+		srv := httptest.NewServer(h)
+		defer srv.Close()
+		hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
+		defer hc.CloseIdleConnections()
+
+		var mu sync.Mutex
+		codes := map[int]int{}
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range each {
+					resp, err := hc.Get(srv.URL)
+					if !assert.NoError(t, err) {
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					mu.Lock()
+					codes[resp.StatusCode]++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		assert.Equal(t, map[int]int{200: limit, 429: workers*each - limit}, codes)
+	})
+}

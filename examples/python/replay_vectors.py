@@ -80,7 +80,7 @@ def main():
                         help="Redis URL (default $REDIS_URL, else redis://127.0.0.1:6379/0)")
     args = parser.parse_args()
     url = args.redis if "://" in args.redis else "redis://" + args.redis
-    r = redis.Redis.from_url(url, socket_timeout=5)
+    r = redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
     try:
         r.ping()
     except redis.exceptions.RedisError as e:
