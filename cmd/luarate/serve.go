@@ -40,7 +40,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	addr := fs.String("addr", ":8080", "listen `address`")
 	redis := redisFlag(fs)
 	algo := luarate.GCRA
-	fs.Func("algo", "algorithm of every limit (default gcra)", func(s string) (err error) {
+	fs.Func("algo", "algorithm `name` of every limit (default gcra)", func(s string) (err error) {
 		algo, err = parseAlgorithm(s)
 		return err
 	})

@@ -89,12 +89,12 @@ Serve a rate-limited demo API:   go run ./cmd/luarate serve
 
 func tryFlags(fs *flag.FlagSet) (*tryConfig, *string, *time.Duration) {
 	cfg := &tryConfig{}
-	fs.Func("algo", "algorithm: "+strings.Join(algorithmNames(), ", ")+" (default gcra)", func(s string) error {
+	fs.Func("algo", "algorithm `name`: "+strings.Join(algorithmNames(), ", ")+" (default gcra)", func(s string) error {
 		a, err := parseAlgorithm(s)
 		cfg.limit.Algorithm = a
 		return err
 	})
-	fs.IntVar(&cfg.limit.Rate, "rate", 10, "requests per `period`")
+	fs.IntVar(&cfg.limit.Rate, "rate", 10, "requests per -period")
 	fs.DurationVar(&cfg.limit.Period, "period", time.Second, "the period of -rate, in whole milliseconds")
 	fs.IntVar(&cfg.limit.Burst, "burst", 0, "capacity: how many at once (0 = rate)")
 	fs.IntVar(&cfg.n, "n", 15, "number of requests, 1 to 1000000")
