@@ -60,15 +60,26 @@ func runLuarate(t *testing.T, args ...string) (int, string, string) {
 var allowedRow = regexp.MustCompile(`(?m)^\s+\d+\s+\d+\s+yes\s`)
 var deniedRow = regexp.MustCompile(`(?m)^\s+\d+\s+\d+\s+no\s`)
 
+// demoShape checks the default job's table: the burst of 10 is allowed
+// with remaining 9..0, request 13 (after waiting the retry-after) is allowed.
+// Requests 11 and 12 are denied unless the machine took over 100ms for the
+// burst, so the exact count is left to TestTry's hour-long limits.
+func demoShape(t *testing.T, out string) {
+	t.Helper()
+	for i := 1; i <= 10; i++ {
+		assert.Regexp(t, fmt.Sprintf(`(?m)^\s+%d\s+\d+\s+yes\s+%d\s`, i, 10-i), out)
+	}
+	assert.Regexp(t, `(?m)^\s+13\s+\d+\s+yes\s`, out)
+	assert.Regexp(t, `(?m)^13 requests: 1[1-3] allowed, [0-2] denied`, out)
+}
+
 func TestDefaultJobEmbedded(t *testing.T) {
 	code, out, errOut := runLuarate(t)
 	require.Equal(t, 0, code, errOut)
 	assert.Empty(t, errOut)
+	assert.Contains(t, out, "gcra, 10 per 1s, burst 10, cost 1")
 	assert.Contains(t, out, "on an embedded Redis (miniredis)")
-	assert.Len(t, allowedRow.FindAllString(out, -1), 11, out)
-	assert.Len(t, deniedRow.FindAllString(out, -1), 2, out)
-	assert.Contains(t, out, "13 requests: 11 allowed, 2 denied")
-	assert.Regexp(t, `(?m)^\s+11\s+\d+\s+no\s+0\s+\d+\s+\d+\s*$`, out, "the 11th is denied with remaining 0 and a retry time")
+	demoShape(t, out)
 }
 
 func TestDefaultJobRealRedis(t *testing.T) {
@@ -76,7 +87,7 @@ func TestDefaultJobRealRedis(t *testing.T) {
 	code, out, errOut := runLuarate(t, "-redis", realAddr)
 	require.Equal(t, 0, code, errOut)
 	assert.Contains(t, out, "on Redis at "+realAddr)
-	assert.Contains(t, out, "13 requests: 11 allowed, 2 denied")
+	demoShape(t, out)
 
 	t.Setenv("REDIS_URL", "redis://"+realAddr)
 	var buf bytes.Buffer

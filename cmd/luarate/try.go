@@ -48,7 +48,7 @@ func try(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args, tryHelp, stdout); err != nil {
 		return err
 	}
-	if err := cfg.finish(fs); err != nil {
+	if err := cfg.finish(); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
@@ -108,7 +108,7 @@ func tryFlags(fs *flag.FlagSet) (*tryConfig, *string, *time.Duration) {
 }
 
 // finish fills defaults and checks the flags before any connection.
-func (c *tryConfig) finish(fs *flag.FlagSet) error {
+func (c *tryConfig) finish() error {
 	if c.limit.Algorithm == 0 {
 		c.limit.Algorithm = luarate.GCRA
 	}
