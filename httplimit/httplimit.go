@@ -129,7 +129,8 @@ func WithErrorHandler(f func(w http.ResponseWriter, r *http.Request, err error))
 func WithFailClosed() Option { return func(c *config) { c.failClosed = true } }
 
 // WithTimeout bounds each decision: the request's context, cut to d. A
-// decision that takes longer counts as a Redis failure. The default value is
+// decision that takes longer counts as a Redis failure (the script may still
+// run and count the request once Redis catches up). The default value is
 // 100ms; 0 means only the request's own context applies.
 func WithTimeout(d time.Duration) Option { return func(c *config) { c.timeout = d } }
 
