@@ -1,0 +1,294 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/luarate/luarate"
+	"github.com/luarate/luarate/internal/redistest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// realAddr is a real Redis the command also runs against; under CI it must exist.
+var realAddr string
+
+func TestMain(m *testing.M) {
+	addr, stop, err := redistest.Real()
+	switch {
+	case err == nil:
+		realAddr = addr
+	case os.Getenv("CI") != "":
+		fmt.Fprintln(os.Stderr, "CI needs real Redis tests, but:", err)
+		os.Exit(1)
+	default:
+		fmt.Fprintln(os.Stderr, "WARNING: real-Redis tests will SKIP:", err)
+	}
+	code := m.Run()
+	if stop != nil {
+		stop()
+	}
+	os.Exit(code)
+}
+
+func needReal(t *testing.T) {
+	if realAddr == "" {
+		t.Skip("SKIPPED: no real Redis (install redis-server or set REDIS_ADDR)")
+	}
+}
+
+// runLuarate runs the command in-process and returns exit code, stdout, stderr.
+func runLuarate(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	t.Setenv("REDIS_URL", "")
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+var allowedRow = regexp.MustCompile(`(?m)^\s+\d+\s+\d+\s+yes\s`)
+var deniedRow = regexp.MustCompile(`(?m)^\s+\d+\s+\d+\s+no\s`)
+
+// demoShape checks the default job's table: the burst of 10 is allowed
+// with remaining 9..0, request 13 (after waiting the retry-after) is allowed.
+// Requests 11 and 12 are denied unless the machine took over 100ms for the
+// burst, so the exact count is left to TestTry's hour-long limits.
+func demoShape(t *testing.T, out string) {
+	t.Helper()
+	for i := 1; i <= 10; i++ {
+		assert.Regexp(t, fmt.Sprintf(`(?m)^\s+%d\s+\d+\s+yes\s+%d\s`, i, 10-i), out)
+	}
+	assert.Regexp(t, `(?m)^\s+13\s+\d+\s+yes\s`, out)
+	assert.Regexp(t, `(?m)^13 requests: 1[1-3] allowed, [0-2] denied`, out)
+}
+
+func TestDefaultJobEmbedded(t *testing.T) {
+	code, out, errOut := runLuarate(t)
+	require.Equal(t, 0, code, errOut)
+	assert.Empty(t, errOut)
+	assert.Contains(t, out, "gcra, 10 per 1s, burst 10, cost 1")
+	assert.Contains(t, out, "on an embedded Redis (miniredis)")
+	demoShape(t, out)
+}
+
+func TestDefaultJobRealRedis(t *testing.T) {
+	needReal(t)
+	code, out, errOut := runLuarate(t, "-redis", realAddr)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "on Redis at "+realAddr)
+	demoShape(t, out)
+
+	t.Setenv("REDIS_URL", "redis://"+realAddr)
+	var buf bytes.Buffer
+	require.Equal(t, 0, run(context.Background(), nil, &buf, io.Discard))
+	assert.Contains(t, buf.String(), "on Redis at redis://"+realAddr)
+}
+
+func TestErrorsAreOneLine(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"-redis", "127.0.0.1:1"}, exitFail, "luarate: cannot reach Redis at 127.0.0.1:1: "},
+		{[]string{"try", "-redis", "127.0.0.1:1"}, exitFail, "luarate: cannot reach Redis at 127.0.0.1:1: "},
+		{[]string{"load", "-redis", "127.0.0.1:1"}, exitFail, "luarate: cannot reach Redis at 127.0.0.1:1: "},
+		{[]string{"-redis", "nonsense"}, exitUsage, `luarate: bad Redis address "nonsense": want host:port or redis://host:port`},
+		{[]string{"-bogus"}, exitUsage, "luarate: flag provided but not defined: -bogus (run 'luarate -h')"},
+		{[]string{"frobnicate"}, exitUsage, `luarate: unknown command "frobnicate"`},
+		{[]string{"try", "-algo", "nope"}, exitUsage, `luarate: try: invalid value "nope" for flag -algo: unknown algorithm "nope"; choose one of fixed_window, `},
+		{[]string{"try", "-rate", "0"}, exitUsage, "luarate: try: luarate: invalid limit: rate must be from 1 to"},
+		{[]string{"try", "-n", "0"}, exitUsage, "luarate: try: -n must be from 1 to 1000000, got 0"},
+		{[]string{"try", "-cost", "11"}, exitUsage, "luarate: try: -cost must be from 0 to the capacity 10, got 11"},
+		{[]string{"try", "extra"}, exitUsage, `luarate: try: unexpected argument "extra" (run 'luarate try -h')`},
+		{[]string{"load"}, exitUsage, "luarate: load: needs a Redis: give -redis host:port or set REDIS_URL"},
+		{[]string{"serve", "-addr", "nonsense"}, exitFail, "luarate: serve: listen tcp: address nonsense"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, out, errOut := runLuarate(t, tc.args...)
+			assert.Equal(t, tc.code, code)
+			assert.True(t, strings.HasPrefix(errOut, tc.want), "stderr %q, want prefix %q", errOut, tc.want)
+			assert.Equal(t, 1, strings.Count(errOut, "\n"), "one line: %q", errOut)
+			if tc.args[0] != "serve" {
+				assert.Empty(t, out)
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	for _, args := range [][]string{{"-h"}, {"help"}, {"try", "-h"}, {"serve", "-h"}, {"scripts", "-h"}, {"load", "-h"}} {
+		code, out, errOut := runLuarate(t, args...)
+		assert.Equal(t, 0, code, args)
+		assert.Empty(t, errOut)
+		assert.Contains(t, out, "Examples:", args)
+	}
+	_, out, _ := runLuarate(t, "try", "-h")
+	assert.Contains(t, out, "-algo", "flags are listed")
+	for _, name := range algorithmNames() {
+		assert.Contains(t, out, name)
+	}
+}
+
+func TestTry(t *testing.T) {
+	code, out, errOut := runLuarate(t, "try", "-algo", "fixed_window", "-rate", "5", "-period", "1h", "-n", "8")
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "fixed_window, 5 per 1h0m0s, burst 5, cost 1")
+	assert.Len(t, allowedRow.FindAllString(out, -1), 5, out)
+	assert.Len(t, deniedRow.FindAllString(out, -1), 3, out)
+	assert.Contains(t, out, "8 requests: 5 allowed, 3 denied")
+
+	// long runs fold repeated rows (but count every request)
+	code, out, errOut = runLuarate(t, "try", "-algo", "token_bucket", "-rate", "3", "-period", "1h", "-n", "100")
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "(+2 alike)")
+	assert.Contains(t, out, "(+95 alike)")
+	assert.Contains(t, out, "100 requests: 3 allowed, 97 denied")
+	assert.Len(t, append(allowedRow.FindAllString(out, -1), deniedRow.FindAllString(out, -1)...), 3, "rows 1, 4 and 100")
+}
+
+func TestTryRealRedisAndProgress(t *testing.T) {
+	needReal(t)
+	code, out, errOut := runLuarate(t, "try", "-redis", realAddr, "-rate", "7", "-period", "1h", "-n", "50", "-all")
+	require.Equal(t, 0, code, errOut)
+	assert.Len(t, allowedRow.FindAllString(out, -1), 7)
+	assert.Len(t, deniedRow.FindAllString(out, -1), 43, "-all prints every row")
+
+	p := newProgress(&bytes.Buffer{}, 10)
+	p.last = time.Now().Add(-2 * time.Second)
+	p.update(4, 3)
+	assert.Equal(t, "  4/10 requests, 3 allowed, 1 denied\n", p.w.(*bytes.Buffer).String(), "not a terminal: whole lines")
+}
+
+func TestScripts(t *testing.T) {
+	code, out, _ := runLuarate(t, "scripts")
+	require.Equal(t, 0, code)
+	for _, s := range luarate.Scripts() {
+		assert.Regexp(t, fmt.Sprintf(`(?m)^%s\s+v%d\s+%s\s+%d$`, s.Name, s.Version, s.SHA1, len(s.Source)), out)
+	}
+
+	dir := filepath.Join(t.TempDir(), "lua")
+	code, out, _ = runLuarate(t, "scripts", "-o", dir)
+	require.Equal(t, 0, code)
+	for _, s := range luarate.Scripts() {
+		got, err := os.ReadFile(filepath.Join(dir, s.Name+".lua"))
+		require.NoError(t, err)
+		assert.Equal(t, s.Source, string(got), "byte for byte")
+		assert.Contains(t, out, s.SHA1)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	needReal(t)
+	s, err := redistest.Start() // a server of our own, so SCRIPT FLUSH harms no one
+	require.NoError(t, err)
+	defer s.Stop()
+	code, out, errOut := runLuarate(t, "load", "-redis", s.Addr)
+	require.Equal(t, 0, code, errOut)
+	c := redistest.Client(t, s.Addr)
+	for _, sc := range luarate.Scripts() {
+		assert.Regexp(t, fmt.Sprintf(`(?m)^%s\s+v%d\s+%s$`, sc.Name, sc.Version, sc.SHA1), out)
+		exists, err := c.Do(context.Background(), c.B().ScriptExists().Sha1(sc.SHA1).Build()).AsIntSlice()
+		require.NoError(t, err)
+		assert.Equal(t, []int64{1}, exists, sc.Name)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while serve writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestServe(t *testing.T) {
+	for _, backend := range []string{"embedded", "redis"} {
+		t.Run(backend, func(t *testing.T) {
+			args := []string{"serve", "-addr", "127.0.0.1:0"}
+			if backend == "redis" {
+				needReal(t)
+				args = append(args, "-redis", realAddr)
+			}
+			t.Setenv("REDIS_URL", "")
+			ctx, cancel := context.WithCancel(context.Background())
+			var out, logs syncBuffer
+			done := make(chan int, 1)
+			go func() { done <- run(ctx, args, &out, &logs) }()
+			base := ""
+			require.Eventually(t, func() bool {
+				line, _ := bufio.NewReader(strings.NewReader(out.String())).ReadString('\n')
+				if m := regexp.MustCompile(`on (http://\S+) `).FindStringSubmatch(line); m != nil {
+					base = m[1]
+				}
+				return base != ""
+			}, 10*time.Second, 10*time.Millisecond)
+
+			// the README's curl loop: 10 per minute, then 429
+			var codes []int
+			var last *http.Response
+			for range 12 {
+				resp, err := http.Get(base + "/api/data")
+				require.NoError(t, err)
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				codes = append(codes, resp.StatusCode)
+				last = resp
+			}
+			assert.Equal(t, []int{200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 429, 429}, codes)
+			assert.Equal(t, "10", last.Header.Get("X-RateLimit-Limit"))
+			assert.NotEmpty(t, last.Header.Get("Retry-After"))
+			assert.Equal(t, `"per-client";q=10;w=60`, last.Header.Get("RateLimit-Policy"))
+
+			req, _ := http.NewRequest("GET", base+"/api/data", nil)
+			req.Header.Set("X-API-Key", "premium-key")
+			resp, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			assert.Equal(t, 200, resp.StatusCode)
+			assert.Equal(t, "100", resp.Header.Get("X-RateLimit-Limit"))
+
+			for range 4 {
+				resp, err = http.Get(base + "/api/search?q=x")
+				require.NoError(t, err)
+				resp.Body.Close()
+			}
+			assert.Equal(t, 429, resp.StatusCode, "the search route allows 3 per minute")
+			resp, err = http.Get(base + "/healthz")
+			require.NoError(t, err)
+			resp.Body.Close()
+			assert.Equal(t, 200, resp.StatusCode)
+			assert.Empty(t, resp.Header.Get("X-RateLimit-Limit"))
+
+			cancel()
+			select {
+			case code := <-done:
+				assert.Equal(t, 0, code, logs.String())
+			case <-time.After(10 * time.Second):
+				t.Fatal("serve did not stop on cancel")
+			}
+			assert.Contains(t, logs.String(), "outcome=denied")
+		})
+	}
+}

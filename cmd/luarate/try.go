@@ -1,0 +1,279 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/luarate/luarate"
+)
+
+const tryHelp = `Usage: luarate try [flags]
+
+Sends N requests, one after the other, to one key under one limit and prints a
+table of the decisions the script made: allowed, remaining, reset and retry
+times (milliseconds, as the scripts reply). Long runs print a progress line on
+stderr and fold repeated rows; -all shows every row.
+
+Examples:
+  luarate try                                   # 15 requests at 10/s GCRA
+  luarate try -algo fixed_window -rate 5 -n 8
+  luarate try -algo token_bucket -rate 2 -burst 5 -every 250ms -n 20
+  luarate try -n 100000 -redis 127.0.0.1:6379   # how many of 100k get through
+`
+
+// tryConfig is one run of requests.
+type tryConfig struct {
+	limit luarate.Limit
+	n     int
+	cost  int
+	every time.Duration
+	key   string
+	all   bool
+	// settle: after the n requests, wait the last RetryAfter and try once
+	// more, to show a denied client getting in on time (the default job).
+	settle bool
+}
+
+func try(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("try")
+	cfg, redis, timeout := tryFlags(fs)
+	if err := parseFlags(fs, args, tryHelp, stdout); err != nil {
+		return err
+	}
+	if err := cfg.finish(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	b, err := connect(ctx, *redis, true)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+	return cfg.run(ctx, luarate.New(b.client), b.where, stdout, stderr)
+}
+
+// demo is the default job: a burst against 10 per second, then one request
+// after waiting the retry-after.
+func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("")
+	redis := redisFlag(fs)
+	if err := parseFlags(fs, args, mainHelp, stdout); err != nil {
+		return err
+	}
+	b, err := connect(ctx, *redis, true)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+	cfg := tryConfig{limit: luarate.PerSecond(luarate.GCRA, 10), n: 12, cost: 1, key: randomKey("demo"), settle: true}
+	if err := cfg.run(ctx, luarate.New(b.client), b.where, stdout, stderr); err != nil {
+		return err
+	}
+	fmt.Fprint(stdout, `
+Requests 1-10 spend the burst of 10; 11 and 12 are denied and told when to retry
+(within 100ms: one request per 100ms refills); waiting that long gets request 13 in.
+Try another algorithm or limit:  go run ./cmd/luarate try -h
+Serve a rate-limited demo API:   go run ./cmd/luarate serve
+`)
+	return nil
+}
+
+func tryFlags(fs *flag.FlagSet) (*tryConfig, *string, *time.Duration) {
+	cfg := &tryConfig{}
+	fs.Func("algo", "algorithm `name`: "+strings.Join(algorithmNames(), ", ")+" (default gcra)", func(s string) error {
+		a, err := parseAlgorithm(s)
+		cfg.limit.Algorithm = a
+		return err
+	})
+	fs.IntVar(&cfg.limit.Rate, "rate", 10, "requests per -period")
+	fs.DurationVar(&cfg.limit.Period, "period", time.Second, "the period of -rate, in whole milliseconds")
+	fs.IntVar(&cfg.limit.Burst, "burst", 0, "capacity: how many at once (0 = rate)")
+	fs.IntVar(&cfg.n, "n", 15, "number of requests, 1 to 1000000")
+	fs.IntVar(&cfg.cost, "cost", 1, "cost of each request (0 = peek)")
+	fs.DurationVar(&cfg.every, "every", 0, "pause between requests (0 = back to back)")
+	fs.StringVar(&cfg.key, "key", "", "the key to limit (default: a fresh random key)")
+	fs.BoolVar(&cfg.all, "all", false, "print every row, even on long runs")
+	redis := redisFlag(fs)
+	timeout := fs.Duration("timeout", time.Minute, "stop the run after this long")
+	return cfg, redis, timeout
+}
+
+// finish fills defaults and checks the flags before any connection.
+func (c *tryConfig) finish() error {
+	if c.limit.Algorithm == 0 {
+		c.limit.Algorithm = luarate.GCRA
+	}
+	if err := c.limit.Validate(); err != nil {
+		return usageError{fmt.Errorf("try: %v", err)}
+	}
+	if c.n < 1 || c.n > 1_000_000 {
+		return usageError{fmt.Errorf("try: -n must be from 1 to 1000000, got %d", c.n)}
+	}
+	if c.cost < 0 || c.cost > c.limit.Capacity() {
+		return usageError{fmt.Errorf("try: -cost must be from 0 to the capacity %d, got %d", c.limit.Capacity(), c.cost)}
+	}
+	if c.every < 0 {
+		return usageError{fmt.Errorf("try: -every must not be negative, got %v", c.every)}
+	}
+	if c.key == "" {
+		c.key = randomKey("try")
+	}
+	return nil
+}
+
+// run sends the requests and prints the table and a summary.
+func (c *tryConfig) run(ctx context.Context, l *luarate.Limiter, where string, stdout, stderr io.Writer) error {
+	lim := c.limit
+	fmt.Fprintf(stdout, "%s, %d per %v, burst %d, cost %d, key %q, on %s\n\n",
+		lim.Algorithm, lim.Rate, lim.Period, lim.Capacity(), c.cost, c.key, where)
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "#\tat_ms\tallowed\tremaining\treset_ms\tretry_ms\t")
+	row := func(i int, at time.Duration, r luarate.Result) {
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%d\t%d\t%d\t\n", i, at.Milliseconds(), yesNo(r.Allowed), r.Remaining, r.ResetAfter.Milliseconds(), r.RetryAfter.Milliseconds())
+	}
+	fold := c.n > 40 && !c.all
+	progress := newProgress(stderr, c.n)
+	start := time.Now()
+	var allowed, hidden int
+	var last luarate.Result
+	for i := 1; i <= c.n; i++ {
+		if i > 1 && c.every > 0 {
+			if err := sleep(ctx, c.every); err != nil {
+				return fmt.Errorf("stopped after %d requests: %v", i-1, err)
+			}
+		}
+		res, err := l.AllowN(ctx, c.key, lim, c.cost)
+		if err != nil {
+			tw.Flush()
+			return fmt.Errorf("request %d: %v", i, err)
+		}
+		if res.Allowed {
+			allowed++
+		}
+		// folded: print the first row, every row where the answer flips, and the last
+		if !fold || i == 1 || i == c.n || res.Allowed != last.Allowed {
+			if hidden > 0 {
+				fmt.Fprintf(tw, "(+%d alike)\t\t\t\t\t\t\n", hidden)
+				hidden = 0
+			}
+			row(i, time.Since(start), res)
+		} else {
+			hidden++
+		}
+		last = res
+		progress.update(i, allowed)
+	}
+	elapsed := time.Since(start)
+	rate := float64(c.n) / max(elapsed.Seconds(), 1e-9)
+	progress.done()
+	if c.settle && !last.Allowed {
+		if err := sleep(ctx, last.RetryAfter); err != nil {
+			return err
+		}
+		res, err := l.AllowN(ctx, c.key, lim, c.cost)
+		if err != nil {
+			return fmt.Errorf("request %d: %v", c.n+1, err)
+		}
+		row(c.n+1, time.Since(start), res)
+		if res.Allowed {
+			allowed++
+		}
+		c.n++
+	}
+	tw.Flush()
+	fmt.Fprintf(stdout, "\n%d requests: %d allowed, %d denied in %v (%.0f decisions/s)\n",
+		c.n, allowed, c.n-allowed, elapsed.Round(time.Millisecond), rate)
+	return nil
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func randomKey(prefix string) string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// algorithmNames lists every Algorithm constant by script name, so new
+// algorithms show up here without a change.
+func algorithmNames() []string {
+	var names []string
+	for a := luarate.Algorithm(1); !strings.HasPrefix(a.String(), "Algorithm("); a++ {
+		names = append(names, a.String())
+	}
+	return names
+}
+
+func parseAlgorithm(s string) (luarate.Algorithm, error) {
+	for a := luarate.Algorithm(1); !strings.HasPrefix(a.String(), "Algorithm("); a++ {
+		if a.String() == s {
+			return a, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown algorithm %q; choose one of %s", s, strings.Join(algorithmNames(), ", "))
+}
+
+// progress prints "n/total requests, k allowed" on stderr about once a
+// second, for runs long enough to need it: in place on a terminal, as lines
+// otherwise.
+type progress struct {
+	w        io.Writer
+	total    int
+	terminal bool
+	last     time.Time
+	shown    bool
+}
+
+func newProgress(w io.Writer, total int) *progress {
+	p := &progress{w: w, total: total, last: time.Now()}
+	if f, ok := w.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			p.terminal = true
+		}
+	}
+	return p
+}
+
+func (p *progress) update(done, allowed int) {
+	if time.Since(p.last) < time.Second {
+		return
+	}
+	p.last = time.Now()
+	p.shown = true
+	end := "\n"
+	if p.terminal {
+		end = "\r"
+	}
+	fmt.Fprintf(p.w, "  %d/%d requests, %d allowed, %d denied%s", done, p.total, allowed, done-allowed, end)
+}
+
+func (p *progress) done() {
+	if p.shown && p.terminal {
+		fmt.Fprintf(p.w, "%*s\r", 60, "")
+	}
+}

@@ -1,0 +1,394 @@
+package httplimit_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/luarate/luarate"
+	"github.com/luarate/luarate/httplimit"
+	"github.com/luarate/luarate/internal/redistest"
+	"github.com/redis/rueidis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+var ok = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	io.WriteString(w, `{"data":"ok"}`)
+})
+
+// get sends one request from remote (an "ip:port") through h.
+func get(h http.Handler, remote string, header ...string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest("GET", "/api/data", nil)
+	r.RemoteAddr = remote
+	for i := 0; i+1 < len(header); i += 2 {
+		r.Header.Set(header[i], header[i+1])
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+// recorder collects what the observer sees.
+type recorder struct {
+	mu sync.Mutex
+	ds []httplimit.Decision
+}
+
+func (o *recorder) observe(d httplimit.Decision) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.ds = append(o.ds, d)
+}
+
+func (o *recorder) last(t *testing.T) httplimit.Decision {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	require.NotEmpty(t, o.ds)
+	return o.ds[len(o.ds)-1]
+}
+
+func TestHeadersOnAllowedAndDenied(t *testing.T) {
+	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
+		now := time.UnixMilli(1_700_000_000_000)
+		var obs recorder
+		limit := luarate.PerMinute(luarate.GCRA, 3) // one every 20s, burst 3
+		h := httplimit.Middleware(fixedLimiter(client, prefix, &now), limit, httplimit.WithObserver(obs.observe))(ok)
+
+		for i, want := range []string{"2", "1", "0"} {
+			w := get(h, "192.0.2.1:1234")
+			require.Equal(t, 200, w.Code, "request %d", i+1)
+			assert.Equal(t, `{"data":"ok"}`, w.Body.String())
+			assert.Equal(t, "3", w.Header().Get("X-RateLimit-Limit"))
+			assert.Equal(t, want, w.Header().Get("X-RateLimit-Remaining"))
+			assert.Equal(t, []string{"20", "40", "60"}[i], w.Header().Get("X-RateLimit-Reset"))
+			assert.Empty(t, w.Header().Get("Retry-After"))
+			assert.Empty(t, w.Header().Get("RateLimit"), "IETF fields only with WithIETFHeaders")
+		}
+		d := obs.last(t)
+		assert.Equal(t, "ip:192.0.2.1", d.Key)
+		assert.Equal(t, limit, d.Limit)
+		assert.Equal(t, httplimit.Allowed, d.Outcome)
+		assert.NoError(t, d.Err)
+		assert.Positive(t, d.Latency)
+
+		now = now.Add(5 * time.Second)
+		w := get(h, "192.0.2.1:1234")
+		require.Equal(t, http.StatusTooManyRequests, w.Code)
+		assert.Equal(t, "3", w.Header().Get("X-RateLimit-Limit"))
+		assert.Equal(t, "0", w.Header().Get("X-RateLimit-Remaining"))
+		assert.Equal(t, "55", w.Header().Get("X-RateLimit-Reset"))
+		assert.Equal(t, "15", w.Header().Get("Retry-After"))
+		assert.Equal(t, "application/json", w.Header().Get("Content-Type"))
+		assert.JSONEq(t, `{"error":"rate limit exceeded","retry_after":15,"retry_after_ms":15000}`, w.Body.String())
+		d = obs.last(t)
+		assert.Equal(t, httplimit.Denied, d.Outcome)
+		assert.Equal(t, 15*time.Second, d.Result.RetryAfter)
+
+		// another client has its own budget
+		w = get(h, "192.0.2.2:1234")
+		assert.Equal(t, 200, w.Code)
+		assert.Equal(t, "2", w.Header().Get("X-RateLimit-Remaining"))
+	})
+}
+
+func TestIETFHeaders(t *testing.T) {
+	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
+		now := time.UnixMilli(1_700_000_000_000)
+		l := fixedLimiter(client, prefix, &now)
+		h := httplimit.Middleware(l, luarate.PerSecond(luarate.FixedWindow, 2), httplimit.WithIETFHeaders(""))(ok)
+		now = now.Add(400 * time.Millisecond) // 600ms left in the window
+		w := get(h, "192.0.2.1:1")
+		assert.Equal(t, `"default";q=2;w=1`, w.Header().Get("RateLimit-Policy"))
+		assert.Equal(t, `"default";r=1;t=1`, w.Header().Get("RateLimit"))
+		get(h, "192.0.2.1:1")
+		w = get(h, "192.0.2.1:1")
+		require.Equal(t, 429, w.Code)
+		assert.Equal(t, `"default";r=0;t=1`, w.Header().Get("RateLimit"))
+		assert.Equal(t, "1", w.Header().Get("Retry-After"))
+
+		// a burst above the rate is a vendor parameter; t is the retry wait when denied
+		burst := luarate.Limit{Algorithm: luarate.TokenBucket, Rate: 1, Period: 10 * time.Second, Burst: 3}
+		h = httplimit.Middleware(l, burst, httplimit.WithIETFHeaders(`per "key"`))(ok)
+		for range 3 {
+			w = get(h, "192.0.2.9:1")
+		}
+		assert.Equal(t, `"per \"key\"";q=1;w=10;luarate-burst=3`, w.Header().Get("RateLimit-Policy"))
+		assert.Equal(t, `"per \"key\"";r=0;t=30`, w.Header().Get("RateLimit"))
+		w = get(h, "192.0.2.9:1")
+		assert.Equal(t, `"per \"key\"";r=0;t=10`, w.Header().Get("RateLimit"))
+		assert.Equal(t, "10", w.Header().Get("Retry-After"))
+
+		// a period that is not whole seconds has no w
+		h = httplimit.Middleware(l, luarate.Limit{Algorithm: luarate.GCRA, Rate: 5, Period: 1500 * time.Millisecond}, httplimit.WithIETFHeaders("p"))(ok)
+		assert.Equal(t, `"p";q=5`, get(h, "192.0.2.1:1").Header().Get("RateLimit-Policy"))
+	})
+}
+
+func TestPerRouteDynamicAndExempt(t *testing.T) {
+	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
+		now := time.UnixMilli(1_700_000_000_000)
+		l := fixedLimiter(client, prefix, &now)
+		byKey := httplimit.WithKey(httplimit.First(httplimit.Header("X-API-Key"), httplimit.IP()))
+		free, premium := luarate.PerMinute(luarate.GCRA, 2), luarate.PerMinute(luarate.GCRA, 5)
+		tiers := httplimit.WithLimitFunc(func(r *http.Request) (luarate.Limit, error) {
+			if r.Header.Get("X-API-Key") == "premium" {
+				return premium, nil
+			}
+			return free, nil
+		})
+		health := httplimit.WithExempt(func(r *http.Request) bool { return r.Header.Get("X-Health") == "1" })
+		data := httplimit.Middleware(l, free, byKey, tiers, health, httplimit.WithScope("data"))(ok)
+		search := httplimit.Middleware(l, luarate.PerMinute(luarate.GCRA, 1), byKey, httplimit.WithScope("search"))(ok)
+
+		count := func(h http.Handler, header ...string) (allowed int) {
+			for range 8 {
+				if get(h, "192.0.2.1:1", header...).Code == 200 {
+					allowed++
+				}
+			}
+			return allowed
+		}
+		// exempt requests pass untouched and count nothing
+		w := get(data, "192.0.2.1:1", "X-Health", "1")
+		assert.Equal(t, 200, w.Code)
+		assert.Empty(t, w.Header().Get("X-RateLimit-Limit"))
+		assert.Equal(t, 2, count(data), "free tier by IP")
+		assert.Equal(t, 1, count(search), "the search route has its own, stricter counter")
+		assert.Equal(t, 5, count(data, "X-API-Key", "premium"), "premium key")
+		assert.Equal(t, 2, count(data, "X-API-Key", "other"), "another key, free tier, own counter")
+		assert.Equal(t, 8, count(data, "X-Health", "1"))
+	})
+}
+
+func TestDenyHandlerReplaced(t *testing.T) {
+	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
+		now := time.UnixMilli(1_700_000_000_000)
+		h := httplimit.Middleware(fixedLimiter(client, prefix, &now), luarate.PerHour(luarate.TokenBucket, 1),
+			httplimit.WithDenyHandler(func(w http.ResponseWriter, r *http.Request, res luarate.Result) {
+				w.WriteHeader(http.StatusTeapot)
+				io.WriteString(w, "wait "+res.RetryAfter.String())
+			}))(ok)
+		get(h, "192.0.2.1:1")
+		w := get(h, "192.0.2.1:1")
+		assert.Equal(t, http.StatusTeapot, w.Code)
+		assert.Equal(t, "wait 1h0m0s", w.Body.String())
+		assert.Equal(t, "3600", w.Header().Get("Retry-After"), "headers are set before the handler runs")
+	})
+}
+
+func TestBadKeyOrLimitIs500(t *testing.T) {
+	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
+		now := time.UnixMilli(1_700_000_000_000)
+		l := fixedLimiter(client, prefix, &now)
+		var obs recorder
+		var logs bytes.Buffer
+		logger := slog.New(slog.NewTextHandler(&logs, nil))
+		type userKey struct{}
+		noUser := httplimit.Middleware(l, luarate.PerSecond(luarate.GCRA, 1),
+			httplimit.WithKey(httplimit.ContextValue(userKey{})), httplimit.WithObserver(obs.observe), httplimit.WithLogger(logger))(ok)
+		w := get(noUser, "192.0.2.1:1")
+		assert.Equal(t, 500, w.Code)
+		assert.ErrorIs(t, obs.last(t).Err, httplimit.ErrNoKey)
+		assert.Equal(t, httplimit.Error, obs.last(t).Outcome)
+		assert.Contains(t, logs.String(), "outcome=error")
+
+		badLimit := httplimit.Middleware(l, luarate.Limit{Algorithm: luarate.GCRA, Rate: 0, Period: time.Second},
+			httplimit.WithObserver(obs.observe), httplimit.WithLogger(logger))(ok)
+		assert.Equal(t, 500, get(badLimit, "192.0.2.1:1").Code, "a bad limit is never silently unlimited, even failing open")
+		assert.ErrorIs(t, obs.last(t).Err, luarate.ErrInvalidLimit)
+	})
+}
+
+// stoppedRedis is a backend whose server is gone.
+type stoppedRedis struct {
+	name string
+	stop func(t *testing.T) rueidis.Client // starts a server, connects, stops the server
+}
+
+func stoppedBackends(t *testing.T) []stoppedRedis {
+	return []stoppedRedis{
+		{"miniredis", func(t *testing.T) rueidis.Client {
+			m, c := redistest.Mini(t)
+			m.Close()
+			return c
+		}},
+		{"redis", func(t *testing.T) rueidis.Client {
+			if realAddr == "" {
+				t.Skip("SKIPPED: no real Redis (install redis-server)")
+			}
+			s, err := redistest.Start()
+			require.NoError(t, err)
+			c := redistest.Client(t, s.Addr)
+			require.NoError(t, c.Do(context.Background(), c.B().Ping().Build()).Error())
+			s.Stop()
+			return c
+		}},
+	}
+}
+
+func TestRedisStoppedFailOpenAndClosed(t *testing.T) {
+	for _, b := range stoppedBackends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			l := luarate.New(b.stop(t))
+			limit := luarate.PerSecond(luarate.GCRA, 10)
+
+			var obs recorder
+			var logs bytes.Buffer
+			logger := slog.New(slog.NewTextHandler(&logs, nil))
+			open := httplimit.Middleware(l, limit, httplimit.WithObserver(obs.observe), httplimit.WithLogger(logger),
+				httplimit.WithTimeout(2*time.Second))(ok)
+			w := get(open, "192.0.2.1:1")
+			assert.Equal(t, 200, w.Code, "fail open is the default")
+			assert.Equal(t, `{"data":"ok"}`, w.Body.String())
+			assert.Empty(t, w.Header().Get("X-RateLimit-Remaining"), "no decision, no made-up headers")
+			d := obs.last(t)
+			assert.Equal(t, httplimit.FailedOpen, d.Outcome)
+			assert.ErrorIs(t, d.Err, httplimit.ErrUnavailable)
+			assert.Equal(t, "ip:192.0.2.1", d.Key)
+			assert.Contains(t, logs.String(), "level=ERROR")
+			assert.Contains(t, logs.String(), "outcome=failed_open")
+
+			closed := httplimit.Middleware(l, limit, httplimit.WithFailClosed(), httplimit.WithObserver(obs.observe),
+				httplimit.WithLogger(logger), httplimit.WithTimeout(2*time.Second))(ok)
+			w = get(closed, "192.0.2.1:1")
+			assert.Equal(t, http.StatusServiceUnavailable, w.Code)
+			assert.Equal(t, "1", w.Header().Get("Retry-After"))
+			assert.JSONEq(t, `{"error":"rate limiter unavailable, retry later","retry_after":1}`, w.Body.String())
+			assert.Equal(t, httplimit.FailedClosed, obs.last(t).Outcome)
+		})
+	}
+}
+
+func TestDecisionTimeout(t *testing.T) {
+	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
+		var obs recorder
+		h := httplimit.Middleware(luarate.New(client, luarate.WithPrefix(prefix)), luarate.PerSecond(luarate.GCRA, 10),
+			httplimit.WithTimeout(time.Nanosecond), httplimit.WithFailClosed(), httplimit.WithObserver(obs.observe),
+			httplimit.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))(ok)
+		assert.Equal(t, 503, get(h, "192.0.2.1:1").Code)
+		assert.ErrorIs(t, obs.last(t).Err, context.DeadlineExceeded)
+	})
+}
+
+// The middleware behind a real HTTP server and client, under a mux.
+func TestRealServer(t *testing.T) {
+	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
+		l := luarate.New(client, luarate.WithPrefix(prefix)) // the server's clock
+		mux := http.NewServeMux()
+		mux.Handle("GET /api/data", httplimit.Middleware(l, luarate.PerMinute(luarate.GCRA, 5), httplimit.WithIETFHeaders("per-ip"))(ok))
+		srv := httptest.NewServer(mux)
+		defer srv.Close()
+
+		var codes []int
+		var last *http.Response
+		for range 7 {
+			resp, err := http.Get(srv.URL + "/api/data")
+			require.NoError(t, err)
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			codes = append(codes, resp.StatusCode)
+			if resp.StatusCode == 429 {
+				var v struct {
+					Error      string `json:"error"`
+					RetryAfter int    `json:"retry_after"`
+				}
+				require.NoError(t, json.Unmarshal(body, &v), string(body))
+				assert.Equal(t, "rate limit exceeded", v.Error)
+				assert.Equal(t, resp.Header.Get("Retry-After"), strconv.Itoa(v.RetryAfter))
+			}
+			last = resp
+		}
+		assert.Equal(t, []int{200, 200, 200, 200, 200, 429, 429}, codes)
+		assert.Equal(t, "5", last.Header.Get("X-RateLimit-Limit"))
+		assert.Equal(t, "0", last.Header.Get("X-RateLimit-Remaining"))
+		assert.Equal(t, `"per-ip";q=5;w=60`, last.Header.Get("RateLimit-Policy"))
+		assert.True(t, strings.HasPrefix(last.Header.Get("RateLimit"), `"per-ip";r=0;t=`))
+	})
+}
+
+// A Redis that hangs (busy for a second) is cut off by the decision timeout
+// and the request is served: fail open.
+func TestHungRedisTimesOut(t *testing.T) {
+	if realAddr == "" {
+		t.Skip("SKIPPED: no real Redis (install redis-server)")
+	}
+	s, err := redistest.Start("--enable-debug-command", "local")
+	require.NoError(t, err)
+	defer s.Stop()
+	client := redistest.Client(t, s.Addr)
+	sleeper := redistest.Client(t, s.Addr)
+	ctx := context.Background()
+	require.NoError(t, client.Do(ctx, client.B().Ping().Build()).Error())
+
+	busy := make(chan error, 1)
+	go func() { busy <- sleeper.Do(ctx, sleeper.B().Arbitrary("DEBUG", "SLEEP").Args("1").Build()).Error() }()
+	// wait until the server is inside DEBUG SLEEP: a PING with a short deadline fails
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		err := client.Do(pctx, client.B().Ping().Build()).Error()
+		cancel()
+		if err != nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	var obs recorder
+	h := httplimit.Middleware(luarate.New(client), luarate.PerSecond(luarate.GCRA, 10),
+		httplimit.WithTimeout(50*time.Millisecond), httplimit.WithObserver(obs.observe),
+		httplimit.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))(ok)
+	w := get(h, "192.0.2.1:1")
+	assert.Equal(t, 200, w.Code)
+	d := obs.last(t)
+	assert.Equal(t, httplimit.FailedOpen, d.Outcome)
+	assert.ErrorIs(t, d.Err, context.DeadlineExceeded)
+	require.NoError(t, <-busy)
+}
+
+// 64 clients at once through a real HTTP server: exactly the limit gets
+// through, the rest get 429.
+func TestConcurrentExactlyTheLimit(t *testing.T) {
+	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
+		const limit, workers, each = 50, 64, 4
+		h := httplimit.Middleware(luarate.New(client, luarate.WithPrefix(prefix)), luarate.PerHour(luarate.GCRA, limit),
+			httplimit.WithTimeout(10*time.Second))(ok)
+		srv := httptest.NewServer(h)
+		defer srv.Close()
+		hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
+		defer hc.CloseIdleConnections()
+
+		var mu sync.Mutex
+		codes := map[int]int{}
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range each {
+					resp, err := hc.Get(srv.URL)
+					if !assert.NoError(t, err) {
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					mu.Lock()
+					codes[resp.StatusCode]++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		assert.Equal(t, map[int]int{200: limit, 429: workers*each - limit}, codes)
+	})
+}
