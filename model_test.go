@@ -201,23 +201,28 @@ type slidingLogModel struct {
 func (m *slidingLogModel) decide(cost, now int64) (reply, func()) {
 	span, nowUS := m.p.period*1000, now*1000
 	var in []int64
-	newest := nowUS
 	for _, e := range m.log {
 		if e > nowUS-span {
 			in = append(in, e)
-			newest = max(newest, e)
 		}
 	}
 	sort.Slice(in, func(i, j int) bool { return in[i] < in[j] })
 	count := int64(len(in))
-	reset := ceilDiv(newest+span-nowUS, 1000)
+	var reset int64 // until the newest entry leaves
+	if count > 0 {
+		reset = ceilDiv(in[count-1]+span-nowUS, 1000)
+	}
 	if count+cost <= m.p.rate {
-		if count+cost == 0 {
-			reset = 0
+		at := nowUS
+		if count > 0 {
+			at = max(at, in[count-1]) // never before an entry already logged
+		}
+		if cost > 0 {
+			reset = ceilDiv(at+span-nowUS, 1000)
 		}
 		return reply{1, m.p.rate, m.p.rate - count - cost, reset, 0, 0}, func() {
 			for range cost {
-				in = append(in, newest) // never before the newest entry
+				in = append(in, at)
 			}
 			m.log = in
 		}

@@ -110,23 +110,24 @@ local function run()
     if type(count) == 'table' then
       fail('KEYS[%d] holds a value that is not a sorted set; use another key', i)
     end
-    local newest = now
+    local newest, at = nil, now -- the newest entry; where new entries go
     if count > 0 then
       newest = entry_time(i, redis.call('ZRANGE', KEYS[i], -1, -1)[1])
-      if newest < now then
-        newest = now
+      if newest > now then
+        at = newest -- never before an entry already logged
       end
     end
 
     local r
     if count + cost <= rate then
-      count = count + cost
       local reset = 0
-      if count > 0 then
+      if cost > 0 then
+        reset = math.ceil((at + span - now) / 1000)
+      elseif count > 0 then
         reset = math.ceil((newest + span - now) / 1000)
       end
-      r = {1, rate, rate - count, reset, 0, 0}
-      writes[i] = {newest, now - span, reset}
+      r = {1, rate, rate - count - cost, reset, 0, 0}
+      writes[i] = {at, now - span, reset}
     else
       -- the request fits once the oldest (count + cost - rate) entries have left
       local blocking = redis.call('ZRANGEBYSCORE', KEYS[i], after, '+inf', 'LIMIT', count + cost - rate - 1, 1)[1]
