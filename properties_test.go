@@ -253,3 +253,49 @@ func TestConcurrency(t *testing.T) {
 		})
 	}
 }
+
+func TestValidateNewAlgorithms(t *testing.T) {
+	for _, tc := range []struct {
+		limit Limit
+		ok    bool
+	}{
+		{Limit{Algorithm: SlidingWindowLog, Rate: 10, Period: time.Second}, true},
+		{Limit{Algorithm: SlidingWindowLog, Rate: 10, Period: time.Second, Burst: 10}, true},
+		{Limit{Algorithm: SlidingWindowLog, Rate: 10, Period: time.Second, Burst: 20}, false},
+		{Limit{Algorithm: SlidingWindowLog, Rate: 1_000_001, Period: time.Second}, false},
+		{Limit{Algorithm: SlidingWindowCounter, Rate: 10, Period: time.Second, Burst: 5}, false},
+		{Limit{Algorithm: SlidingWindowCounter, Rate: 1_000_000_000, Period: 10_000_000 * time.Millisecond}, false},
+		{Limit{Algorithm: SlidingWindowCounter, Rate: 1_000_000_000, Period: 9_000_000 * time.Millisecond}, true},
+		{Limit{Algorithm: LeakyBucket, Rate: 10, Period: time.Second, Burst: 25}, true},
+		{Limit{Algorithm: LeakyBucket, Rate: 1, Period: 1_000_000_000_000 * time.Millisecond, Burst: 10_000}, false},
+	} {
+		err := tc.limit.Validate()
+		if tc.ok {
+			require.NoError(t, err, "%+v", tc.limit)
+		} else {
+			require.ErrorIs(t, err, ErrInvalidLimit, "%+v", tc.limit)
+		}
+	}
+}
+
+// TestServerClock: without WithClock the scripts read Redis TIME (microseconds
+// for the log) and still give consistent replies.
+func TestServerClock(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		l := New(b.client, WithPrefix(b.prefix))
+		for _, algo := range limiterAlgorithms {
+			lim := Limit{Algorithm: algo, Rate: 5, Period: time.Hour}
+			first, err := l.Allow(ctx, "srv", lim)
+			require.NoError(t, err)
+			require.True(t, first.Allowed, "%s", algo)
+			require.Equal(t, int64(4), first.Remaining, "%s", algo)
+			second, err := l.AllowN(ctx, "srv", lim, 5)
+			require.NoError(t, err)
+			require.False(t, second.Allowed, "%s", algo)
+			require.Positive(t, second.RetryAfter, "%s", algo)
+			require.LessOrEqual(t, second.RetryAfter, 2*time.Hour, "%s", algo)
+			require.NoError(t, l.Reset(ctx, "srv", lim))
+		}
+	})
+}
