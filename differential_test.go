@@ -22,8 +22,8 @@ import (
 //
 //	go test -run 'TestDifferential/<script>/<backend>' -seed <seed> -v
 //
-// By default each script replays 120 sequences of 25 steps on real Redis and
-// 20 on miniredis; LUARATE_FUZZ=k runs k times as many.
+// By default each script replays 100 sequences of 25 steps on real Redis and
+// 12 on miniredis; LUARATE_FUZZ=k runs k times as many.
 var seedFlag = flag.Int64("seed", 0, "replay one differential sequence by its seed")
 
 // limiterScripts are the scripts the models cover.
@@ -96,9 +96,9 @@ func TestDifferential(t *testing.T) {
 					runSequence(t, b, script, *seedFlag, steps, true)
 					return
 				}
-				sequences := 120 * fuzzScale()
+				sequences := 100 * fuzzScale()
 				if b.mini != nil {
-					sequences = 20 * fuzzScale()
+					sequences = 12 * fuzzScale()
 				}
 				base := time.Now().UnixNano()
 				for i := range int64(sequences) {
