@@ -118,6 +118,7 @@ func render(ctx context.Context, client rueidis.Client) (string, error) {
 		}
 		y := top + rowH*float64(row) + rowH/2
 		admitted := 0
+		var green, red strings.Builder // one path of ticks per colour
 		for _, t := range reqs {
 			now = epoch + t
 			res, err := limiter.Allow(ctx, "demo", limit)
@@ -127,11 +128,13 @@ func render(ctx context.Context, client rueidis.Client) (string, error) {
 			x := left + float64(t)*pxPerMS
 			if res.Allowed {
 				admitted++
-				fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#1a7f37" stroke-width="1.5"/>`+"\n", x, y-16, x, y-1)
+				fmt.Fprintf(&green, "M%.1f %.0fv15", x, y-16)
 			} else {
-				fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#cf222e" stroke-width="1" opacity="0.6"/>`+"\n", x, y+1, x, y+12)
+				fmt.Fprintf(&red, "M%.1f %.0fv11", x, y+1)
 			}
 		}
+		fmt.Fprintf(&b, `<path d="%s" fill="none" stroke="#1a7f37" stroke-width="1.5"/>`+"\n", green.String())
+		fmt.Fprintf(&b, `<path d="%s" fill="none" stroke="#cf222e" opacity="0.6"/>`+"\n", red.String())
 		if err := limiter.Reset(ctx, "demo", limit); err != nil {
 			return "", err
 		}
