@@ -4,9 +4,10 @@
 -- scored by its time; a request of `cost` is allowed when the entries of the
 -- last `period_ms` plus `cost` are at most `rate`. Exact: over ANY span of
 -- `period_ms` it never admits more than `rate`, with no boundary bursts.
--- The price is memory: O(rate) entries per key (about 20-30 bytes each plus the
--- sorted set's overhead), and O(cost + log rate) time per request. Use it for
--- small rates where exactness matters; rate is capped at 1e6.
+-- The price is memory: O(rate) entries per key (measured on Redis 7.0: about
+-- 36 bytes each up to 128 entries, about 118 beyond), and O(cost + log rate)
+-- time per request. Use it for small rates where exactness matters; rate is
+-- capped at 1e6.
 --
 -- Window: an entry at time e counts while now < e + period_ms, so waiting
 -- retry_after_ms (the moment the blocking entry leaves) admits exactly then.
