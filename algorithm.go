@@ -9,6 +9,12 @@ package luarate
 //   - TokenBucket: smooth; bursts up to Burst, then a steady Rate.
 //   - GCRA: the same admissions as TokenBucket with one number of state; the
 //     fastest smooth limiter.
+//   - SlidingWindowLog: exact over any span of Period, no boundary bursts; one
+//     sorted-set entry per admitted unit, so memory grows with Rate.
+//   - SlidingWindowCounter: the two-window weighted estimate; O(1) memory,
+//     close to exact for even traffic, at most 2x Rate in the worst case.
+//   - LeakyBucket: a meter that leaks Rate per Period and denies what would
+//     overflow Burst (policing); admits what TokenBucket admits.
 type Algorithm int
 
 // The algorithms. The zero value is not an algorithm, so a Limit must name one.
@@ -16,13 +22,19 @@ const (
 	FixedWindow Algorithm = iota + 1
 	TokenBucket
 	GCRA
+	SlidingWindowLog
+	SlidingWindowCounter
+	LeakyBucket
 )
 
 // scriptNames maps each Algorithm to its script, scripts/<name>.lua.
 var scriptNames = [...]string{
-	FixedWindow: "fixed_window",
-	TokenBucket: "token_bucket",
-	GCRA:        "gcra",
+	FixedWindow:          "fixed_window",
+	TokenBucket:          "token_bucket",
+	GCRA:                 "gcra",
+	SlidingWindowLog:     "sliding_window_log",
+	SlidingWindowCounter: "sliding_window_counter",
+	LeakyBucket:          "leaky_bucket",
 }
 
 // String returns the name of the algorithm's script, e.g. "token_bucket".
@@ -36,5 +48,5 @@ func (a Algorithm) String() string {
 // windowed reports whether the algorithm counts per window, where Burst has no
 // meaning of its own.
 func (a Algorithm) windowed() bool {
-	return a == FixedWindow
+	return a == FixedWindow || a == SlidingWindowLog || a == SlidingWindowCounter
 }

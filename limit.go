@@ -12,7 +12,8 @@ var ErrInvalidLimit = errors.New("invalid limit")
 // Limit says how much a key may do: Rate requests (or units of cost) per
 // Period, counted by Algorithm. Burst is the capacity: how many may arrive at
 // once before the steady Rate applies. 0 means Burst = Rate. Window algorithms
-// (FixedWindow) have no separate burst and accept only 0 or Rate.
+// (FixedWindow, SlidingWindowLog, SlidingWindowCounter) have no separate burst
+// and accept only 0 or Rate.
 //
 // For example PerSecond(GCRA, 10) admits a burst of 10, then one every 100ms.
 type Limit struct {
@@ -40,6 +41,7 @@ func PerHour(algo Algorithm, n int) Limit { return Limit{Algorithm: algo, Rate: 
 const (
 	maxRate     = 1_000_000_000
 	maxPeriodMS = 1_000_000_000_000
+	maxLogRate  = 1_000_000 // a sliding window log stores one entry per unit
 )
 
 // Capacity is the most a key can hold at once: Burst, or Rate when Burst is 0.
@@ -78,7 +80,15 @@ func (l Limit) Validate() error {
 		if float64(l.Capacity())*float64(interval) > 4e15 {
 			return bad("burst * period / rate must be at most 4e12ms")
 		}
-	case TokenBucket:
+	case SlidingWindowLog:
+		if l.Rate > maxLogRate {
+			return bad("sliding_window_log keeps one entry per request: rate must be at most %d, got %d", maxLogRate, l.Rate)
+		}
+	case SlidingWindowCounter:
+		if float64(l.Rate)*float64(ms) > 9e15 {
+			return bad("sliding_window_counter needs rate * period in ms at most 9e15")
+		}
+	case TokenBucket, LeakyBucket:
 		if float64(l.Capacity())*float64(ms/gcd(int64(l.Rate), ms)) > 4e15 {
 			return bad("burst * period / gcd(rate, period in ms) must be at most 4e15")
 		}

@@ -1,0 +1,311 @@
+package luarate
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// The differential tests run random sequences through each script (on
+// miniredis and real Redis, explicit time) and through its reference model,
+// and require every reply field to agree. A failure prints the sequence's
+// seed; replay exactly that sequence with
+//
+//	go test -run 'TestDifferential/<script>/<backend>' -seed <seed> -v
+//
+// By default each script replays 100 sequences of 25 steps on real Redis and
+// 12 on miniredis; LUARATE_FUZZ=k runs k times as many.
+var seedFlag = flag.Int64("seed", 0, "replay one differential sequence by its seed")
+
+// limiterScripts are the scripts the models cover.
+var limiterScripts = []string{"fixed_window", "token_bucket", "gcra", "sliding_window_log", "sliding_window_counter", "leaky_bucket"}
+
+func fuzzScale() int {
+	if k, err := strconv.Atoi(os.Getenv("LUARATE_FUZZ")); err == nil && k > 0 {
+		return k
+	}
+	return 1
+}
+
+func algorithmOf(script string) Algorithm {
+	for a, name := range scriptNames {
+		if name == script {
+			return Algorithm(a)
+		}
+	}
+	panic("no algorithm for " + script)
+}
+
+func (p params) args() []string {
+	return []string{itoa(p.rate), itoa(p.period), itoa(p.burst)}
+}
+
+// randomParams draws n limits that Validate accepts, with distinct periods:
+// rates and periods that do not divide, tiny and huge periods.
+func randomParams(r *rand.Rand, script string, n int) []params {
+	periods := []int64{1, 3, 7, 1000, 3000, 60_000, 86_400_000, 1_000_000_000_000}
+	rates := []int64{1, 2, 3, 7, 10, 100_000}
+	var out []params
+	for len(out) < n {
+		p := params{rate: rates[r.Intn(len(rates))], period: periods[r.Intn(len(periods))]}
+		if r.Intn(3) == 0 {
+			p.rate = 1 + r.Int63n(30)
+		}
+		if r.Intn(3) == 0 {
+			p.period = 1 + r.Int63n(100_000)
+		}
+		if script == "sliding_window_log" && p.rate > 1000 {
+			p.rate = 1 + r.Int63n(1000) // one entry per unit: keep the sets small
+		}
+		switch r.Intn(3) {
+		case 1:
+			p.burst = p.rate
+		case 2:
+			p.burst = 1 + r.Int63n(3*p.rate)
+		}
+		lim := Limit{Algorithm: algorithmOf(script), Rate: int(p.rate), Period: time.Duration(p.period) * time.Millisecond, Burst: int(p.burst)}
+		ok := lim.Validate() == nil
+		for _, q := range out {
+			ok = ok && q.period != p.period
+		}
+		if ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func TestDifferential(t *testing.T) {
+	// real Redis is the referee and fast; miniredis compiles the Lua on every
+	// call, so it replays fewer sequences
+	steps := 25
+	for _, script := range limiterScripts {
+		t.Run(script, func(t *testing.T) {
+			t.Parallel()
+			eachBackend(t, func(t *testing.T, b backend) {
+				if *seedFlag != 0 {
+					runSequence(t, b, script, *seedFlag, steps, true)
+					return
+				}
+				sequences := 100 * fuzzScale()
+				if b.mini != nil {
+					sequences = 12 * fuzzScale()
+				}
+				base := time.Now().UnixNano()
+				for i := range int64(sequences) {
+					if !runSequence(t, b, script, base+i, steps, false) {
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// runSequence replays one random sequence; it reports false after a failure.
+func runSequence(t *testing.T, b backend, script string, seed int64, steps int, verbose bool) bool {
+	t.Helper()
+	ctx := context.Background()
+	r := rand.New(rand.NewSource(seed))
+	ps := randomParams(r, script, 1+r.Intn(3))
+	capa := ps[0].capacity()
+	for _, p := range ps {
+		capa = min(capa, p.capacity())
+	}
+	model := newMultiModel(script, ps)
+	keys := make([]string, len(ps))
+	var argv []string
+	for i, p := range ps {
+		keys[i] = fmt.Sprintf("d%d:{s}:%d", seed, i)
+		argv = append(argv, p.args()...)
+	}
+	now := int64(1_700_000_000_000) + r.Int63n(1e9)
+	if r.Intn(8) == 0 {
+		now = r.Int63n(2000) // near the epoch: windows reaching before 0
+	}
+	full := make([]string, len(keys))
+	for i := range keys {
+		full[i] = b.prefix + keys[i]
+	}
+	if err := b.client.Do(ctx, b.client.B().ScriptLoad().Script(scripts[script].Source).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	defer b.client.Do(ctx, b.client.B().Del().Key(full...).Build())
+	expireAt := make([]int64, len(ps)) // script time each key's TTL ends; 0 = no key
+	var history []string
+	fail := func(format string, args ...any) bool {
+		t.Errorf("%s seed %d (replay: go test -run 'TestDifferential/%s/%s' -seed %d -v)\nlimits %v\n%s\n%s",
+			script, seed, script, b.name, seed, ps, strings.Join(history, "\n"), fmt.Sprintf(format, args...))
+		return false
+	}
+	var last reply
+	for step := 0; step < steps; step++ {
+		// time moves: not at all, a little, to the exact retry instant, a lot, or back
+		switch k := r.Intn(20); {
+		case k < 4:
+		case k < 8:
+			now += 1 + r.Int63n(10)
+		case k < 11:
+			now += 1 + r.Int63n(min(ps[r.Intn(len(ps))].period, 1e9))
+		case k < 14 && last[4] > 0:
+			now += last[4] - r.Int63n(2) // the retry instant, or 1 ms before it
+		case k < 15:
+			now += r.Int63n(1e11)
+		case k < 18:
+			now -= 1 + r.Int63n(min(ps[r.Intn(len(ps))].period, 1e6))
+		default:
+			history = append(history, "reset")
+			if err := b.client.Do(ctx, b.client.B().Del().Key(full...).Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
+			model = newMultiModel(script, ps)
+			clear(expireAt)
+			continue
+		}
+		now = max(0, min(now, 4e12))
+
+		// emulate expiry in script time: a key whose TTL ended must hold
+		// nothing that still matters
+		for i, at := range expireAt {
+			if at != 0 && now >= at {
+				got, _ := model.limits[i].decide(0, now)
+				want, _ := newModel(script, ps[i]).decide(0, now)
+				if got != want {
+					return fail("key %d expired at %d but its state still matters at %d: %v, empty gives %v", i, at, now, got, want)
+				}
+				if err := b.client.Do(ctx, b.client.B().Del().Key(b.prefix+keys[i]).Build()).Error(); err != nil {
+					t.Fatal(err)
+				}
+				model.limits[i] = newModel(script, ps[i])
+				expireAt[i] = 0
+			}
+		}
+
+		cost := int64(1)
+		switch k := r.Intn(10); {
+		case k < 1:
+			cost = 0
+		case k < 5:
+		case k < 6:
+			cost = capa
+		default:
+			cost = 1 + r.Int63n(capa)
+		}
+		args := append(append([]string{}, argv...), itoa(cost), itoa(now))
+		want, each := model.decide(cost, now)
+		var before string
+		if want[0] == 0 || cost == 0 { // the state must not change: see it first
+			before = snapshot(t, b, keys)
+		}
+		got, ttls, errText := evalAndPersist(t, b, script, keys, args)
+		history = append(history, fmt.Sprintf("  cost %d now %d -> %v", cost, now, got))
+		if verbose {
+			t.Log(history[len(history)-1])
+		}
+		if errText != "" {
+			return fail("script error: %s", errText)
+		}
+		if len(got) != 6 || reply(got) != want {
+			return fail("script %v, model %v", got, want)
+		}
+		last = want
+		if want[0] == 0 || cost == 0 {
+			if after := snapshot(t, b, keys); after != before || slices.ContainsFunc(ttls, func(ttl int64) bool { return ttl >= 0 }) {
+				return fail("a denied request or a peek changed the state (TTLs %v):\n%s\n%s", ttls, before, after)
+			}
+			continue
+		}
+		// every written key's TTL is its limit's reset_after
+		for i, ttl := range ttls {
+			exp := each[i][3]
+			if ttl > exp || ttl < exp-200 || (b.mini != nil && ttl != exp) {
+				return fail("key %d has PTTL %d, want its reset_after %d", i, ttl, exp)
+			}
+			expireAt[i] = now + exp
+		}
+	}
+	return true
+}
+
+// evalAndPersist runs the script, reads the keys' TTLs and removes them in
+// one MULTI/EXEC, so no key expires on the wall clock while the test runs its
+// own clock: the test emulates expiry in script time instead.
+func evalAndPersist(t *testing.T, b backend, script string, keys, args []string) (got, ttls []int64, errText string) {
+	t.Helper()
+	ctx := context.Background()
+	full := make([]string, len(keys))
+	for i, k := range keys {
+		full[i] = b.prefix + k
+	}
+	sha := scripts[script].SHA1
+	cmds := rueidis.Commands{b.client.B().Multi().Build(), b.client.B().Evalsha().Sha1(sha).Numkeys(int64(len(full))).Key(full...).Arg(args...).Build()}
+	for _, k := range full {
+		cmds = append(cmds, b.client.B().Pttl().Key(k).Build())
+	}
+	for _, k := range full {
+		cmds = append(cmds, b.client.B().Persist().Key(k).Build())
+	}
+	cmds = append(cmds, b.client.B().Exec().Build())
+	var res []rueidis.RedisResult
+	err := b.client.Dedicated(func(c rueidis.DedicatedClient) error {
+		res = c.DoMulti(ctx, cmds...)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	replies, err := res[len(res)-1].ToArray()
+	if err != nil {
+		t.Fatalf("MULTI/EXEC: %v", err)
+	}
+	if err := replies[0].Error(); err != nil {
+		return nil, nil, err.Error()
+	}
+	if got, err = replies[0].AsIntSlice(); err != nil {
+		t.Fatalf("%s reply is not integers: %v", script, err)
+	}
+	for _, r := range replies[1 : 1+len(full)] {
+		ttl, err := r.AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ttls = append(ttls, ttl)
+	}
+	return got, ttls, ""
+}
+
+// snapshot is everything stored under keys, TTLs included.
+func snapshot(t *testing.T, b backend, keys []string) string {
+	t.Helper()
+	ctx := context.Background()
+	var sb strings.Builder
+	for _, k := range keys {
+		k = b.prefix + k
+		typ, err := b.client.Do(ctx, b.client.B().Type().Key(k).Build()).ToString()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var val any
+		switch typ {
+		case "string":
+			val, err = b.client.Do(ctx, b.client.B().Get().Key(k).Build()).ToString()
+		case "zset":
+			val, err = b.client.Do(ctx, b.client.B().Zrange().Key(k).Min("0").Max("-1").Withscores().Build()).AsStrSlice()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		ttl, _ := b.client.Do(ctx, b.client.B().Pttl().Key(k).Build()).AsInt64()
+		fmt.Fprintf(&sb, "%s %s pttl=%d %v\n", k, typ, ttl, val)
+	}
+	return sb.String()
+}

@@ -1,0 +1,334 @@
+package luarate
+
+import (
+	"math/big"
+	"sort"
+)
+
+// Reference models: each algorithm written from its textbook definition in
+// plain Go, independent of the Lua (exact rationals where the scripts use
+// integer units, a plain list where the script uses a sorted set). The
+// differential tests hold the scripts to them.
+
+// params is one limit as the scripts take it; burst 0 means rate.
+type params struct{ rate, period, burst int64 }
+
+func (p params) capacity() int64 {
+	if p.burst == 0 {
+		return p.rate
+	}
+	return p.burst
+}
+
+// reply is a script reply: {allowed, limit, remaining, reset_after_ms,
+// retry_after_ms, delay_ms}.
+type reply [6]int64
+
+// limitModel is one limit's state. decide answers a request of cost at now
+// (ms) and returns how to apply it; it applies nothing itself.
+type limitModel interface {
+	decide(cost, now int64) (reply, func())
+}
+
+func newModel(algo string, p params) limitModel {
+	switch algo {
+	case "fixed_window":
+		return &fixedWindowModel{p: p}
+	case "token_bucket":
+		return &tokenBucketModel{p: p}
+	case "gcra":
+		return &gcraModel{p: p}
+	case "sliding_window_log":
+		return &slidingLogModel{p: p}
+	case "sliding_window_counter":
+		return &slidingCounterModel{p: p}
+	case "leaky_bucket":
+		return &leakyBucketModel{p: p}
+	}
+	panic("no model for " + algo)
+}
+
+// multiModel is N limits checked all-or-nothing; the reply is the tightest:
+// the denying limit with the longest retry, else the fewest remaining.
+type multiModel struct {
+	algo   string
+	params []params
+	limits []limitModel
+}
+
+func newMultiModel(algo string, ps []params) *multiModel {
+	m := &multiModel{algo: algo, params: ps}
+	for _, p := range ps {
+		m.limits = append(m.limits, newModel(algo, p))
+	}
+	return m
+}
+
+// decide returns the reply and each limit's own reply.
+func (m *multiModel) decide(cost, now int64) (reply, []reply) {
+	var best reply
+	each := make([]reply, len(m.limits))
+	commits := make([]func(), len(m.limits))
+	for i, l := range m.limits {
+		r, commit := l.decide(cost, now)
+		each[i], commits[i] = r, commit
+		if i == 0 ||
+			(r[0] == 0 && (best[0] == 1 || r[4] > best[4])) ||
+			(r[0] == best[0] && r[0] == 1 && r[2] < best[2]) {
+			best = r
+		}
+	}
+	if best[0] == 1 && cost > 0 {
+		for _, c := range commits {
+			c()
+		}
+	}
+	return best, each
+}
+
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// ceilDiv and floorDiv for b > 0 and any a.
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
+}
+
+func ceilDiv(a, b int64) int64 { return -floorDiv(-a, b) }
+
+func ratFloor(r *big.Rat) int64 {
+	q := new(big.Int).Div(r.Num(), r.Denom()) // Euclidean: floor for a positive denominator
+	return q.Int64()
+}
+
+func ratCeil(r *big.Rat) int64 { return -ratFloor(new(big.Rat).Neg(r)) }
+
+// ---- fixed window: count per epoch-aligned window of period ms.
+
+type fixedWindowModel struct {
+	p            params
+	count, start int64
+	seen         bool
+}
+
+func (m *fixedWindowModel) decide(cost, now int64) (reply, func()) {
+	count, start := int64(0), now-now%m.p.period
+	if m.seen && m.start >= start { // a later window if the clock went back
+		count, start = m.count, m.start
+	}
+	reset := start + m.p.period - now
+	if count+cost <= m.p.rate {
+		return reply{1, m.p.rate, m.p.rate - count - cost, reset, 0, 0},
+			func() { m.count, m.start, m.seen = count+cost, start, true }
+	}
+	return reply{0, m.p.rate, max(m.p.rate-count, 0), reset, reset, 0}, nil
+}
+
+// ---- token bucket: a real-valued token count, refilled at rate/period per ms.
+
+type tokenBucketModel struct {
+	p       params
+	tokens  *big.Rat // nil = full
+	updated int64
+}
+
+func (m *tokenBucketModel) decide(cost, now int64) (reply, func()) {
+	capa := big.NewRat(m.p.capacity(), 1)
+	perMS := big.NewRat(m.p.rate, m.p.period)
+	tokens, updated := capa, now
+	if m.tokens != nil {
+		tokens, updated = m.tokens, m.updated
+		if now > updated {
+			tokens = new(big.Rat).Add(tokens, new(big.Rat).Mul(big.NewRat(now-updated, 1), perMS))
+			if tokens.Cmp(capa) > 0 {
+				tokens = capa
+			}
+			updated = now
+		}
+	}
+	lag := updated - now
+	msFromTo := func(from, to *big.Rat) int64 { // ms of refill from one level to another
+		d := new(big.Rat).Sub(to, from)
+		return lag + ratCeil(d.Quo(d, perMS))
+	}
+	c := big.NewRat(cost, 1)
+	if tokens.Cmp(c) >= 0 {
+		left := new(big.Rat).Sub(tokens, c)
+		return reply{1, m.p.capacity(), ratFloor(left), msFromTo(left, capa), 0, 0},
+			func() { m.tokens, m.updated = left, updated }
+	}
+	return reply{0, m.p.capacity(), ratFloor(tokens), msFromTo(tokens, capa), msFromTo(tokens, c), 0}, nil
+}
+
+// ---- GCRA: virtual scheduling with emission interval T (us, rounded up)
+// and tolerance tau = burst*T.
+
+type gcraModel struct {
+	p   params
+	tat int64 // us; 0 = never seen
+}
+
+func (m *gcraModel) decide(cost, now int64) (reply, func()) {
+	t := ceilDiv(m.p.period*1000, m.p.rate)
+	tau := m.p.capacity() * t
+	nowUS := now * 1000
+	tat := max(m.tat, nowUS)
+	newTAT := tat + cost*t
+	if newTAT-tau <= nowUS {
+		return reply{1, m.p.capacity(), floorDiv(nowUS-(newTAT-tau), t), ceilDiv(newTAT-nowUS, 1000), 0, 0},
+			func() { m.tat = newTAT }
+	}
+	return reply{0, m.p.capacity(), max(floorDiv(nowUS+tau-tat, t), 0), ceilDiv(tat-nowUS, 1000),
+		ceilDiv(newTAT-tau-nowUS, 1000), 0}, nil
+}
+
+// ---- sliding window log: the list of admitted units' times (us); one at e
+// counts while now < e + period.
+
+type slidingLogModel struct {
+	p   params
+	log []int64
+}
+
+func (m *slidingLogModel) decide(cost, now int64) (reply, func()) {
+	span, nowUS := m.p.period*1000, now*1000
+	var in []int64
+	for _, e := range m.log {
+		if e > nowUS-span {
+			in = append(in, e)
+		}
+	}
+	sort.Slice(in, func(i, j int) bool { return in[i] < in[j] })
+	count := int64(len(in))
+	var reset int64 // until the newest entry leaves
+	if count > 0 {
+		reset = ceilDiv(in[count-1]+span-nowUS, 1000)
+	}
+	if count+cost <= m.p.rate {
+		at := nowUS
+		if count > 0 {
+			at = max(at, in[count-1]) // never before an entry already logged
+		}
+		if cost > 0 {
+			reset = ceilDiv(at+span-nowUS, 1000)
+		}
+		return reply{1, m.p.rate, m.p.rate - count - cost, reset, 0, 0}, func() {
+			for range cost {
+				in = append(in, at)
+			}
+			m.log = in
+		}
+	}
+	blocking := in[count+cost-m.p.rate-1]
+	return reply{0, m.p.rate, max(m.p.rate-count, 0), reset, ceilDiv(blocking+span-nowUS, 1000), 0}, nil
+}
+
+// ---- sliding window counter: estimate = current + previous * (period -
+// elapsed) / period over epoch-aligned windows, as an exact rational.
+
+type slidingCounterModel struct {
+	p                params
+	cur, start, prev int64
+	seen             bool
+}
+
+func (m *slidingCounterModel) decide(cost, now int64) (reply, func()) {
+	p := m.p.period
+	start, at := now-now%p, now
+	var cur, prev int64
+	if m.seen {
+		switch {
+		case m.start >= start: // this window, or a later one if the clock went back
+			cur, prev = m.cur, m.prev
+			if m.start > start {
+				start, at = m.start, m.start
+			}
+		case m.start+p == start:
+			prev = m.cur
+		}
+	}
+	// estimate at instant t >= at (windows roll over as time passes)
+	estimate := func(t int64) *big.Rat {
+		c, pr, s := cur, prev, start
+		if t >= s+2*p {
+			return new(big.Rat)
+		}
+		if t >= s+p {
+			c, pr, s = 0, c, s+p
+		}
+		e := big.NewRat(pr*(s+p-t), p)
+		return e.Add(e, big.NewRat(c, 1))
+	}
+	fits := func(t int64) bool {
+		e := estimate(t)
+		return e.Add(e, big.NewRat(cost, 1)).Cmp(big.NewRat(m.p.rate, 1)) <= 0
+	}
+	// back to full when both windows are forgotten
+	resetFor := func(c int64) int64 {
+		switch {
+		case c > 0:
+			return start + 2*p - now
+		case prev > 0:
+			return start + p - now
+		}
+		return 0
+	}
+	if fits(at) {
+		return reply{1, m.p.rate, m.p.rate - cost - ratCeil(estimate(at)), resetFor(cur + cost), 0, 0},
+			func() { m.cur, m.start, m.prev, m.seen = cur+cost, start, prev, true }
+	}
+	// the first whole ms at which it fits: the estimate never grows with time
+	lo, hi := at, start+2*p
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		if fits(mid) {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	return reply{0, m.p.rate, max(m.p.rate-ratCeil(estimate(at)), 0), resetFor(cur), lo - now, 0}, nil
+}
+
+// ---- leaky bucket (meter): a real-valued level draining at rate/period per ms.
+
+type leakyBucketModel struct {
+	p       params
+	level   *big.Rat // nil = empty
+	updated int64
+}
+
+func (m *leakyBucketModel) decide(cost, now int64) (reply, func()) {
+	capa := big.NewRat(m.p.capacity(), 1)
+	perMS := big.NewRat(m.p.rate, m.p.period)
+	level, updated := new(big.Rat), now
+	if m.level != nil {
+		level, updated = m.level, m.updated
+		if now > updated {
+			level = new(big.Rat).Sub(level, new(big.Rat).Mul(big.NewRat(now-updated, 1), perMS))
+			if level.Sign() < 0 {
+				level = new(big.Rat)
+			}
+			updated = now
+		}
+	}
+	lag := updated - now
+	drainMS := func(amount *big.Rat) int64 { // ms to drain amount
+		return lag + ratCeil(new(big.Rat).Quo(amount, perMS))
+	}
+	after := new(big.Rat).Add(level, big.NewRat(cost, 1))
+	if after.Cmp(capa) <= 0 {
+		return reply{1, m.p.capacity(), ratFloor(new(big.Rat).Sub(capa, after)), drainMS(after), 0, 0},
+			func() { m.level, m.updated = after, updated }
+	}
+	return reply{0, m.p.capacity(), ratFloor(new(big.Rat).Sub(capa, level)), drainMS(level),
+		drainMS(new(big.Rat).Sub(after, capa)), 0}, nil
+}
