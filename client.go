@@ -6,8 +6,9 @@
 // Ruby service that runs the same script gets the same limits. This package
 // is a thin client on rueidis: one EVALSHA per decision.
 //
-// A Limit is Rate per Period with a Burst capacity, counted by an Algorithm:
-// FixedWindow, TokenBucket or GCRA. Allow consumes one unit, AllowN n units,
+// A Limit is Rate per Period with a Burst capacity, counted by an Algorithm
+// (FixedWindow, SlidingWindowLog, SlidingWindowCounter, TokenBucket,
+// LeakyBucket, GCRA; see Algorithm for how to choose). Allow consumes one unit, AllowN n units,
 // Peek reads without consuming, and AllowMulti checks several limits of one
 // key (10/s and 1000/h) all-or-nothing. Being limited is a Result, not an
 // error; errors mean bad input or an unreachable Redis.

@@ -278,9 +278,9 @@ func TestValidateNewAlgorithms(t *testing.T) {
 	}
 }
 
-// TestServerClock: without WithClock the scripts read Redis TIME (microseconds
+// TestServerClockEveryAlgorithm: without WithClock the scripts read Redis TIME (microseconds
 // for the log) and still give consistent replies.
-func TestServerClock(t *testing.T) {
+func TestServerClockEveryAlgorithm(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
 		l := New(b.client, WithPrefix(b.prefix))
