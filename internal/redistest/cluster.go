@@ -261,14 +261,25 @@ func Command(addr string, args ...string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s %s: %w", addr, strings.Join(args, " "), err)
 	}
-	if msg.IsArray() {
-		parts, err := msg.AsStrSlice()
-		return strings.Join(parts, "\n"), err
+	return text(msg)
+}
+
+func text(msg rueidis.RedisMessage) (string, error) {
+	if msg.IsInt64() {
+		n, err := msg.AsInt64()
+		return strconv.FormatInt(n, 10), err
 	}
-	if n, err := msg.AsInt64(); err == nil {
-		return strconv.FormatInt(n, 10), nil
+	if !msg.IsArray() {
+		return msg.ToString()
 	}
-	return msg.ToString()
+	items, err := msg.ToArray()
+	parts := make([]string, len(items))
+	for i := range items {
+		if err == nil {
+			parts[i], err = text(items[i])
+		}
+	}
+	return strings.Join(parts, "\n"), err
 }
 
 func port(addr string) string { return addr[strings.LastIndexByte(addr, ':')+1:] }
