@@ -193,17 +193,29 @@ func TestHostileGoInput(t *testing.T) {
 					{"n above capacity", func() error { _, err := l.AllowN(ctx, "k", ok, 11); return err }, ErrInvalidRequest},
 					{"huge n", func() error { _, err := l.AllowN(ctx, "k", ok, 1<<62); return err }, ErrInvalidRequest},
 					{"zero algorithm", func() error { _, err := l.Allow(ctx, "k", Limit{Rate: 1, Period: time.Second}); return err }, ErrInvalidLimit},
-					{"unknown algorithm", func() error { _, err := l.Allow(ctx, "k", Limit{Algorithm: 99, Rate: 1, Period: time.Second}); return err }, ErrInvalidLimit},
+					{"unknown algorithm", func() error {
+						_, err := l.Allow(ctx, "k", Limit{Algorithm: 99, Rate: 1, Period: time.Second})
+						return err
+					}, ErrInvalidLimit},
 					{"negative rate", func() error { _, err := l.Allow(ctx, "k", PerSecond(algo, -1)); return err }, ErrInvalidLimit},
 					{"huge rate", func() error { _, err := l.Allow(ctx, "k", PerSecond(algo, 1<<40)); return err }, ErrInvalidLimit},
 					{"zero period", func() error { _, err := l.Allow(ctx, "k", Limit{Algorithm: algo, Rate: 1}); return err }, ErrInvalidLimit},
-					{"negative period", func() error { _, err := l.Allow(ctx, "k", Limit{Algorithm: algo, Rate: 1, Period: -time.Second}); return err }, ErrInvalidLimit},
+					{"negative period", func() error {
+						_, err := l.Allow(ctx, "k", Limit{Algorithm: algo, Rate: 1, Period: -time.Second})
+						return err
+					}, ErrInvalidLimit},
 					{"fractional ms period", func() error {
 						_, err := l.Allow(ctx, "k", Limit{Algorithm: algo, Rate: 1, Period: 1500 * time.Microsecond})
 						return err
 					}, ErrInvalidLimit},
-					{"huge period", func() error { _, err := l.Allow(ctx, "k", Limit{Algorithm: algo, Rate: 1, Period: 1 << 62}); return err }, ErrInvalidLimit},
-					{"negative burst", func() error { _, err := l.Allow(ctx, "k", Limit{Algorithm: algo, Rate: 1, Period: time.Second, Burst: -1}); return err }, ErrInvalidLimit},
+					{"huge period", func() error {
+						_, err := l.Allow(ctx, "k", Limit{Algorithm: algo, Rate: 1, Period: 1 << 62})
+						return err
+					}, ErrInvalidLimit},
+					{"negative burst", func() error {
+						_, err := l.Allow(ctx, "k", Limit{Algorithm: algo, Rate: 1, Period: time.Second, Burst: -1})
+						return err
+					}, ErrInvalidLimit},
 					{"reset with bad limit", func() error { return l.Reset(ctx, "k", PerSecond(algo, 0)) }, ErrInvalidLimit},
 					{"two limits, one period", func() error { _, err := l.AllowMulti(ctx, "k", 1, ok, ok); return err }, ErrInvalidRequest},
 				} {
