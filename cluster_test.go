@@ -147,43 +147,82 @@ func TestCluster(t *testing.T) {
 		hot := "hot:{reshard}"
 		slot := redistest.Slot("{" + escapeBraces(hot) + "}")
 		moves := 0
-		lost := hammer(t, client, hot, func() {
+		tr := hammer(t, client, hot, func() {
 			for i := 0; i < 4; i++ {
 				require.NoError(t, migrateSlot(c, slot))
 				moves++
 			}
 		})
 		require.Equal(t, 4, moves)
-		require.Zero(t, lost, "writes lost while resharding")
+		require.Zero(t, tr.failed, "requests not answered")
+		require.Equal(t, tr.admitted, tr.counted, "admissions lost or phantom while resharding")
 	})
 
 	t.Run("graceful failover under traffic", func(t *testing.T) {
 		hot := "hot:{failover}"
-		lost := hammer(t, client, hot, func() {
+		tr := hammer(t, client, hot, func() {
 			require.NoError(t, failover(c, redistest.Slot("{"+escapeBraces(hot)+"}"), ""))
 		})
-		t.Logf("over-admission during CLUSTER FAILOVER: %d", lost)
-		require.Zero(t, lost, "a graceful failover waits for the replica, so nothing may be lost")
+		require.Zero(t, tr.failed, "requests not answered")
+		require.Equal(t, tr.admitted, tr.counted, "a graceful failover waits for the replica: nothing may be lost")
 	})
 
 	t.Run("forced failover under traffic", func(t *testing.T) {
 		hot := "hot:{forced}"
-		lost := hammer(t, client, hot, func() {
+		tr := hammer(t, client, hot, func() {
 			require.NoError(t, failover(c, redistest.Slot("{"+escapeBraces(hot)+"}"), "FORCE"))
 		})
 		// Replication is asynchronous: what the old master admitted but had not
-		// yet sent to its replica is lost. Measured, not asserted to be zero.
-		t.Logf("over-admission during CLUSTER FAILOVER FORCE: %d", lost)
+		// yet sent to its replica is lost. Measured (README), not asserted zero.
+		require.Zero(t, tr.failed, "requests not answered")
+		require.LessOrEqual(t, tr.counted, tr.admitted, "phantom admissions")
+	})
+
+	// last: it leaves a dead node behind
+	t.Run("master killed under traffic", func(t *testing.T) {
+		hot := "hot:{killed}"
+		slot := redistest.Slot("{" + escapeBraces(hot) + "}")
+		tr := hammer(t, client, hot, func() {
+			master, err := c.MasterOf(slot)
+			require.NoError(t, err)
+			var victim *redistest.Server
+			for _, s := range c.Nodes() {
+				if s.Addr == master {
+					victim = s
+				}
+			}
+			victim.Stop() // SIGKILL
+			deadline := time.Now().Add(20 * time.Second)
+			for {
+				if now, err := c.MasterOf(slot); err == nil && now != master {
+					return
+				}
+				require.True(t, time.Now().Before(deadline), "no replica took over from the killed master")
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+		// In flight when the master died: failed (ErrUnavailable) or retried.
+		// What it admitted but had not replicated is lost: over-admission.
+		t.Logf("master killed: %d of %d requests failed, %d over-admitted", tr.failed, tr.requests, tr.lost())
 	})
 }
 
+// traffic is what hammer saw.
+type traffic struct {
+	requests, failed  int64 // sent; answered with an error
+	admitted, counted int64 // admitted; consumed in the state afterwards
+}
+
+// lost is the over-admission: admissions the state no longer counts.
+func (tr traffic) lost() int64 { return max(tr.admitted-tr.counted, 0) }
+
 // hammer sends single-limit and multi-limit traffic for key with every
-// algorithm (8 workers), runs disrupt once traffic is flowing, keeps the
-// traffic going a while after it, and returns how many admissions the
-// state lost: admitted - (capacity - remaining). Every request must be
-// answered. The clock is frozen and the capacity is larger than the traffic,
-// so every request is admitted and consumes exactly one unit.
-func hammer(t *testing.T, client rueidis.Client, key string, disrupt func()) int64 {
+// algorithm (8 workers), runs disrupt once traffic is flowing, and keeps the
+// traffic going a while after it. The clock is frozen and the capacity is
+// larger than the traffic, so every answered request is admitted and
+// consumes exactly one unit: afterwards, capacity - remaining must equal the
+// admissions, and any shortfall is over-admission.
+func hammer(t *testing.T, client rueidis.Client, key string, disrupt func()) traffic {
 	t.Helper()
 	const capacity = 1_000_000
 	now := time.UnixMilli(1_700_000_000_250)
@@ -195,9 +234,11 @@ func hammer(t *testing.T, client rueidis.Client, key string, disrupt func()) int
 	prefix := uniquePrefix()
 	var streams []*stream
 	for _, algo := range everyAlgorithm() {
-		hour := Limit{Algorithm: algo, Rate: capacity, Period: time.Hour}
-		day := Limit{Algorithm: algo, Rate: capacity, Period: 24 * time.Hour}
-		for i, limits := range [][]Limit{{hour}, {hour, day}} {
+		// Long periods, so the TTLs (which run on the real clock) outlast the
+		// test: an expired key would look like lost state.
+		long := Limit{Algorithm: algo, Rate: capacity, Period: maxPeriodMS * time.Millisecond}
+		half := Limit{Algorithm: algo, Rate: capacity, Period: maxPeriodMS / 2 * time.Millisecond}
+		for i, limits := range [][]Limit{{long}, {long, half}} {
 			// one prefix per stream; the {key} tag keeps them all in one slot
 			l := New(client, WithPrefix(prefix+algo.String()+itoa(int64(i))+":"), WithClock(func() time.Time { return now }))
 			streams = append(streams, &stream{l: l, limits: limits})
@@ -226,7 +267,7 @@ func hammer(t *testing.T, client rueidis.Client, key string, disrupt func()) int
 				switch {
 				case err != nil:
 					errs.Add(1)
-					firstErr.Do(func() { t.Errorf("request not answered: %v", err) })
+					firstErr.Do(func() { t.Logf("first request not answered: %v", err) })
 				case res.Allowed:
 					s.admitted.Add(1)
 				default:
@@ -247,18 +288,23 @@ func hammer(t *testing.T, client rueidis.Client, key string, disrupt func()) int
 	waitFor(done.Load() + 2000)
 	close(stop)
 	wg.Wait()
-	require.Zero(t, errs.Load(), "requests not answered")
 
-	var lost int64
+	tr := traffic{requests: done.Load(), failed: errs.Load()}
 	for _, s := range streams {
-		res, err := s.l.AllowMulti(context.Background(), key, 0, s.limits...)
+		var res Result
+		var err error
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if res, err = s.l.AllowMulti(context.Background(), key, 0, s.limits...); err == nil {
+				break // the client may need a moment to learn a new topology
+			}
+		}
 		require.NoError(t, err)
-		consumed := capacity - res.Remaining
-		require.LessOrEqual(t, consumed, s.admitted.Load(), "%s: more consumed than admitted", s.limits[0].Algorithm)
-		lost += s.admitted.Load() - consumed
+		tr.admitted += s.admitted.Load()
+		tr.counted += capacity - res.Remaining
 	}
-	t.Logf("%d requests over %d streams, %d admissions lost", done.Load(), len(streams), lost)
-	return lost
+	t.Logf("%d requests over %d streams: %d failed, %d admitted, %d counted in the state, %d over-admitted",
+		tr.requests, len(streams), tr.failed, tr.admitted, tr.counted, tr.lost())
+	return tr
 }
 
 // migrateSlot moves slot from its master to the next master, key by key, the

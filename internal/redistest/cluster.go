@@ -201,9 +201,16 @@ func slotOwners(nodes string) string {
 	return strings.Join(lines, "\n")
 }
 
-// MasterOf returns the address of the master that serves slot now.
+// MasterOf returns the address of the master that serves slot now, as the
+// first node that answers sees it.
 func (c *Cluster) MasterOf(slot int) (string, error) {
-	nodes, err := Command(c.Masters[0].Addr, "CLUSTER", "NODES")
+	var nodes string
+	var err error
+	for _, s := range c.Nodes() {
+		if nodes, err = Command(s.Addr, "CLUSTER", "NODES"); err == nil {
+			break
+		}
+	}
 	if err != nil {
 		return "", err
 	}
