@@ -294,7 +294,8 @@ func TestMemorySoak(t *testing.T) {
 		}
 	}
 
-	deadline := time.Now().Add(20 * time.Second)
+	written := time.Now()
+	deadline := written.Add(20 * time.Second)
 	var endMem, endKeys int64
 	for {
 		endMem, endKeys = info()
@@ -303,8 +304,9 @@ func TestMemorySoak(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Logf("baseline %d B, %d keys; after %d decisions %d B (%d B/key), %d keys; after expiry %d B, %d keys",
-		baseMem, baseKeys, perAlgo*len(everyAlgorithm()), peakMem, (peakMem-baseMem)/max(peakKeys, 1), peakKeys, endMem, endKeys)
+	t.Logf("baseline %d B, %d keys; after %d decisions %d B (%d B/key), %d keys; %v later %d B, %d keys",
+		baseMem, baseKeys, perAlgo*len(everyAlgorithm()), peakMem, (peakMem-baseMem)/max(peakKeys, 1), peakKeys,
+		time.Since(written).Round(100*time.Millisecond), endMem, endKeys)
 	require.Greater(t, peakKeys, int64(perAlgo*len(everyAlgorithm())/2), "keys expired before their period")
 	require.Zero(t, endKeys, "keys left after their TTL")
 	require.Less(t, endMem-baseMem, (peakMem-baseMem)/20, "memory did not return near the baseline")
