@@ -192,9 +192,11 @@ func TestCluster(t *testing.T) {
 				}
 			}
 			victim.Stop() // SIGKILL
-			deadline := time.Now().Add(20 * time.Second)
+			killed := time.Now()
+			deadline := killed.Add(20 * time.Second)
 			for {
 				if now, err := c.MasterOf(slot); err == nil && now != master {
+					t.Logf("replica %s took over %v after the kill", now, time.Since(killed).Round(10*time.Millisecond))
 					return
 				}
 				require.True(t, time.Now().Before(deadline), "no replica took over from the killed master")
