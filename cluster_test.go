@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -149,7 +148,7 @@ func TestCluster(t *testing.T) {
 		moves := 0
 		tr := hammer(t, client, hot, func() {
 			for i := 0; i < 4; i++ {
-				require.NoError(t, migrateSlot(c, slot))
+				require.NoError(t, c.MigrateSlot(slot))
 				moves++
 			}
 		})
@@ -161,7 +160,7 @@ func TestCluster(t *testing.T) {
 	t.Run("graceful failover under traffic", func(t *testing.T) {
 		hot := "hot:{failover}"
 		tr := hammer(t, client, hot, func() {
-			require.NoError(t, failover(c, redistest.Slot("{"+escapeBraces(hot)+"}"), ""))
+			require.NoError(t, c.Failover(redistest.Slot("{"+escapeBraces(hot)+"}"), ""))
 		})
 		require.Zero(t, tr.failed, "requests not answered")
 		require.Equal(t, tr.admitted, tr.counted, "a graceful failover waits for the replica: nothing may be lost")
@@ -170,7 +169,7 @@ func TestCluster(t *testing.T) {
 	t.Run("forced failover under traffic", func(t *testing.T) {
 		hot := "hot:{forced}"
 		tr := hammer(t, client, hot, func() {
-			require.NoError(t, failover(c, redistest.Slot("{"+escapeBraces(hot)+"}"), "FORCE"))
+			require.NoError(t, c.Failover(redistest.Slot("{"+escapeBraces(hot)+"}"), "FORCE"))
 		})
 		// Replication is asynchronous: what the old master admitted but had not
 		// yet sent to its replica is lost. Measured (README), not asserted zero.
@@ -307,97 +306,4 @@ func hammer(t *testing.T, client rueidis.Client, key string, disrupt func()) tra
 	t.Logf("%d requests over %d streams: %d failed, %d admitted, %d counted in the state, %d over-admitted",
 		tr.requests, len(streams), tr.failed, tr.admitted, tr.counted, tr.lost())
 	return tr
-}
-
-// migrateSlot moves slot from its master to the next master, key by key, the
-// way redis-cli --cluster reshard does: IMPORTING, MIGRATING, MIGRATE, NODE.
-func migrateSlot(c *redistest.Cluster, slot int) error {
-	src, err := c.MasterOf(slot)
-	if err != nil {
-		return err
-	}
-	var masters []string
-	for _, s := range c.Nodes() {
-		if info, err := redistest.Command(s.Addr, "INFO", "replication"); err == nil && strings.Contains(info, "role:master") {
-			masters = append(masters, s.Addr)
-		}
-	}
-	dst := ""
-	for i, m := range masters {
-		if m == src {
-			dst = masters[(i+1)%len(masters)]
-		}
-	}
-	srcID, err := redistest.Command(src, "CLUSTER", "MYID")
-	if err != nil {
-		return err
-	}
-	dstID, err := redistest.Command(dst, "CLUSTER", "MYID")
-	if err != nil {
-		return err
-	}
-	s := itoa(int64(slot))
-	if _, err := redistest.Command(dst, "CLUSTER", "SETSLOT", s, "IMPORTING", srcID); err != nil {
-		return err
-	}
-	if _, err := redistest.Command(src, "CLUSTER", "SETSLOT", s, "MIGRATING", dstID); err != nil {
-		return err
-	}
-	host, port, _ := strings.Cut(dst, ":")
-	for {
-		keys, err := redistest.Command(src, "CLUSTER", "GETKEYSINSLOT", s, "100")
-		if err != nil {
-			return err
-		}
-		if keys == "" {
-			break
-		}
-		args := append([]string{"MIGRATE", host, port, "", "0", "5000", "KEYS"}, strings.Split(keys, "\n")...)
-		if _, err := redistest.Command(src, args...); err != nil {
-			return err
-		}
-	}
-	for _, addr := range []string{dst, src} {
-		if _, err := redistest.Command(addr, "CLUSTER", "SETSLOT", s, "NODE", dstID); err != nil {
-			return err
-		}
-	}
-	return c.WaitHealthy(20 * time.Second)
-}
-
-// failover makes the replica of slot's master take over with CLUSTER
-// FAILOVER [mode] and waits until the cluster agrees and is healthy again.
-func failover(c *redistest.Cluster, slot int, mode string) error {
-	master, err := c.MasterOf(slot)
-	if err != nil {
-		return err
-	}
-	replica := ""
-	for _, s := range c.Nodes() {
-		info, err := redistest.Command(s.Addr, "INFO", "replication")
-		if err == nil && strings.Contains(info, "role:slave") && strings.Contains(info, "master_port:"+master[strings.LastIndexByte(master, ':')+1:]+"\r") {
-			replica = s.Addr
-		}
-	}
-	if replica == "" {
-		return fmt.Errorf("master %s has no replica", master)
-	}
-	args := []string{"CLUSTER", "FAILOVER"}
-	if mode != "" {
-		args = append(args, mode)
-	}
-	if _, err := redistest.Command(replica, args...); err != nil {
-		return err
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if now, err := c.MasterOf(slot); err == nil && now == replica {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not take over slot %d from %s", replica, slot, master)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return c.WaitHealthy(20 * time.Second)
 }

@@ -22,15 +22,6 @@ type Cluster struct {
 // Nodes returns every server of the cluster, masters first.
 func (c *Cluster) Nodes() []*Server { return append(append([]*Server{}, c.Masters...), c.Replicas...) }
 
-// Addrs returns the addresses of every node, masters first.
-func (c *Cluster) Addrs() []string {
-	var out []string
-	for _, s := range c.Nodes() {
-		out = append(out, s.Addr)
-	}
-	return out
-}
-
 // StartCluster starts three masters (and one replica each when replicas is
 // true) with redis-server --cluster-enabled yes on free loopback ports, joins
 // them with redis-cli --cluster create, and waits until every node reports
@@ -101,42 +92,124 @@ func startClusterNode() (*Server, error) {
 // sortRoles puts masters in c.Masters and each master's replica at the same
 // index of c.Replicas.
 func (c *Cluster) sortRoles(nodes []*Server) error {
-	byID := map[string]*Server{}
-	masterOf := map[*Server]string{}
+	c.Masters, c.Replicas = nil, nil
 	for _, s := range nodes {
-		id, err := Command(s.Addr, "CLUSTER", "MYID")
-		if err != nil {
-			return err
-		}
-		byID[id] = s
 		info, err := Command(s.Addr, "INFO", "replication")
 		if err != nil {
 			return err
 		}
-		if strings.Contains(info, "role:slave") {
-			masterOf[s] = ""
-		}
-	}
-	c.Masters, c.Replicas = nil, nil
-	for _, s := range nodes {
-		if _, isReplica := masterOf[s]; !isReplica {
+		if strings.Contains(info, "role:master") {
 			c.Masters = append(c.Masters, s)
 		}
 	}
 	for _, m := range c.Masters {
-		for _, s := range nodes {
-			if _, isReplica := masterOf[s]; !isReplica {
-				continue
-			}
-			if info, _ := Command(s.Addr, "INFO", "replication"); strings.Contains(info, "master_port:"+port(m.Addr)+"\r") {
-				c.Replicas = append(c.Replicas, s)
-			}
+		if r, err := replicaOf(nodes, m.Addr); err == nil {
+			c.Replicas = append(c.Replicas, r)
 		}
 	}
 	if len(c.Replicas) != len(nodes)-len(c.Masters) {
 		return fmt.Errorf("cluster roles: %d masters and %d of %d replicas placed", len(c.Masters), len(c.Replicas), len(nodes)-len(c.Masters))
 	}
 	return nil
+}
+
+// replicaOf returns the node among nodes that replicates master now.
+func replicaOf(nodes []*Server, master string) (*Server, error) {
+	port := master[strings.LastIndexByte(master, ':')+1:]
+	for _, s := range nodes {
+		info, err := Command(s.Addr, "INFO", "replication")
+		if err == nil && strings.Contains(info, "role:slave") && strings.Contains(info, "master_port:"+port+"\r") {
+			return s, nil
+		}
+	}
+	return nil, fmt.Errorf("master %s has no replica", master)
+}
+
+// MigrateSlot moves slot from its master to another master while the
+// cluster serves traffic, the way redis-cli --cluster reshard does:
+// SETSLOT IMPORTING and MIGRATING, MIGRATE the keys in batches, SETSLOT NODE.
+func (c *Cluster) MigrateSlot(slot int) error {
+	src, err := c.MasterOf(slot)
+	if err != nil {
+		return err
+	}
+	dst := ""
+	for _, s := range c.Nodes() {
+		info, err := Command(s.Addr, "INFO", "replication")
+		if err == nil && s.Addr != src && strings.Contains(info, "role:master") {
+			dst = s.Addr
+			break
+		}
+	}
+	if dst == "" {
+		return fmt.Errorf("no master to move slot %d to", slot)
+	}
+	srcID, err := Command(src, "CLUSTER", "MYID")
+	if err != nil {
+		return err
+	}
+	dstID, err := Command(dst, "CLUSTER", "MYID")
+	if err != nil {
+		return err
+	}
+	n := strconv.Itoa(slot)
+	if _, err := Command(dst, "CLUSTER", "SETSLOT", n, "IMPORTING", srcID); err != nil {
+		return err
+	}
+	if _, err := Command(src, "CLUSTER", "SETSLOT", n, "MIGRATING", dstID); err != nil {
+		return err
+	}
+	host, port, _ := strings.Cut(dst, ":")
+	for {
+		keys, err := Command(src, "CLUSTER", "GETKEYSINSLOT", n, "100")
+		if err != nil {
+			return err
+		}
+		if keys == "" {
+			break
+		}
+		args := append([]string{"MIGRATE", host, port, "", "0", "5000", "KEYS"}, strings.Split(keys, "\n")...)
+		if _, err := Command(src, args...); err != nil {
+			return err
+		}
+	}
+	for _, addr := range []string{dst, src} {
+		if _, err := Command(addr, "CLUSTER", "SETSLOT", n, "NODE", dstID); err != nil {
+			return err
+		}
+	}
+	return c.WaitHealthy(20 * time.Second)
+}
+
+// Failover makes the replica of slot's master take over with CLUSTER
+// FAILOVER [mode] ("", "FORCE" or "TAKEOVER"), and waits until the cluster
+// agrees and is healthy again.
+func (c *Cluster) Failover(slot int, mode string) error {
+	master, err := c.MasterOf(slot)
+	if err != nil {
+		return err
+	}
+	r, err := replicaOf(c.Nodes(), master)
+	if err != nil {
+		return err
+	}
+	replica := r.Addr
+	args := []string{"CLUSTER", "FAILOVER"}
+	if mode != "" {
+		args = append(args, mode)
+	}
+	if _, err := Command(replica, args...); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if now, err := c.MasterOf(slot); err == nil && now == replica {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not take over slot %d from %s", replica, slot, master)
+		}
+	}
+	return c.WaitHealthy(20 * time.Second)
 }
 
 // WaitHealthy waits until every node reports cluster_state:ok, agrees on
@@ -288,8 +361,6 @@ func text(msg rueidis.RedisMessage) (string, error) {
 	}
 	return strings.Join(parts, "\n"), err
 }
-
-func port(addr string) string { return addr[strings.LastIndexByte(addr, ':')+1:] }
 
 // Slot returns the Redis Cluster hash slot of key: CRC16 (XMODEM) of the key,
 // or of its {hash tag} when it has a non-empty one, modulo 16384.
