@@ -265,7 +265,7 @@ func slotOwners(nodes string) string {
 	var lines []string
 	for _, line := range strings.Split(strings.TrimSpace(nodes), "\n") {
 		f := strings.Fields(line)
-		if len(f) < 8 || !strings.Contains(f[2], "master") || len(f) == 8 {
+		if len(f) < 9 || !strings.Contains(f[2], "master") {
 			continue
 		}
 		lines = append(lines, f[1]+" "+strings.Join(f[8:], " "))
