@@ -184,58 +184,79 @@ func TestRedisDownOrSlow(t *testing.T) {
 }
 
 // TestClockJumps drives every algorithm with a clock that leaps backwards and
-// forwards. Going back never mints capacity: over the whole run no more is
-// admitted than the capacity plus the refill of the time the clock really
-// advanced (its maximum). No call errors, and a jump far ahead refills fully.
+// forwards: the caller's clock (WithClock) on both servers, and the server's
+// own TIME on miniredis, whose clock a test can set. Going back never mints
+// capacity: over the whole run no more is admitted than the capacity plus the
+// refill of the time the clock really advanced (its maximum). No call
+// errors, and a jump far ahead refills fully.
 func TestClockJumps(t *testing.T) {
 	steps := []time.Duration{0, time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond, 700 * time.Millisecond}
 	skews := []time.Duration{-time.Hour, -5 * time.Second, -999 * time.Millisecond, -time.Millisecond, 0, 0, 3 * time.Second}
 	eachBackend(t, func(t *testing.T, b backend) {
 		for _, algo := range everyAlgorithm() {
-			t.Run(algo.String(), func(t *testing.T) {
-				lim := Limit{Algorithm: algo, Rate: 5, Period: time.Second}
-				rng := rand.New(rand.NewSource(int64(algo)))
-				// real time moves forward; the clock the scripts see is real
-				// time plus a skew that now and then leaps back or ahead
-				real, skew := int64(1_700_000_000_000), int64(0)
-				c := &clock{ms: real}
-				l := b.limiter(c)
-				ctx := context.Background()
-				start, high := c.ms, c.ms
-				var admitted, denied int64
-				for i := 0; i < 400; i++ {
-					real += steps[rng.Intn(len(steps))].Milliseconds()
-					if rng.Intn(8) == 0 {
-						skew = skews[rng.Intn(len(skews))].Milliseconds()
-					}
-					c.ms = real + skew
-					if i%97 == 50 {
-						c.ms = 0 // back to 1970
-					}
-					high = max(high, c.ms)
-					n := 1 + rng.Intn(3)
-					res, err := l.AllowN(ctx, "jumpy", lim, n)
-					require.NoError(t, err, "step %d at %d", i, c.ms)
-					if res.Allowed {
-						admitted += int64(n)
-					} else {
-						denied += int64(n)
-					}
-					periods := (high - start + 999) / 1000
-					require.LessOrEqual(t, admitted, int64(lim.Capacity())+int64(lim.Rate)*periods,
-						"step %d: %d admitted while the clock advanced %dms", i, admitted, high-start)
+			for _, serverClock := range []bool{false, true} {
+				if serverClock && b.mini == nil {
+					continue // a real server's clock is not ours to move
 				}
-				c.ms = high + 2*time.Hour.Milliseconds()
-				res, err := l.Peek(ctx, "jumpy", lim)
-				require.NoError(t, err)
-				require.Equal(t, int64(lim.Capacity()), res.Remaining, "a jump far ahead refills")
-				res, err = l.AllowN(ctx, "jumpy", lim, lim.Capacity())
-				require.NoError(t, err)
-				require.True(t, res.Allowed)
-				require.NotZero(t, denied, "the run never reached the limit: it tests nothing")
-				t.Logf("%d admitted, %d denied, clock advanced %dms (bound %d)", admitted, denied, high-start,
-					int64(lim.Capacity())+int64(lim.Rate)*((high-start+999)/1000))
-			})
+				name := algo.String() + "/WithClock"
+				if serverClock {
+					name = algo.String() + "/server TIME"
+				}
+				t.Run(name, func(t *testing.T) {
+					lim := Limit{Algorithm: algo, Rate: 5, Period: time.Second}
+					rng := rand.New(rand.NewSource(int64(algo)))
+					c := &clock{}
+					l := b.limiter(c)
+					if serverClock {
+						l = New(b.client, WithPrefix(b.prefix+"server:"))
+					}
+					setNow := func(ms int64) {
+						c.ms = ms
+						if serverClock {
+							b.mini.SetTime(time.UnixMilli(ms))
+						}
+					}
+					// real time moves forward; the clock the scripts see is real
+					// time plus a skew that now and then leaps back or ahead
+					real, skew := int64(1_700_000_000_000), int64(0)
+					ctx := context.Background()
+					start, high := real, real
+					var admitted, denied int64
+					for i := 0; i < 400; i++ {
+						real += steps[rng.Intn(len(steps))].Milliseconds()
+						if rng.Intn(8) == 0 {
+							skew = skews[rng.Intn(len(skews))].Milliseconds()
+						}
+						now := real + skew
+						if i%97 == 50 {
+							now = 0 // back to 1970
+						}
+						setNow(now)
+						high = max(high, now)
+						n := 1 + rng.Intn(3)
+						res, err := l.AllowN(ctx, "jumpy", lim, n)
+						require.NoError(t, err, "step %d at %d", i, now)
+						if res.Allowed {
+							admitted += int64(n)
+						} else {
+							denied += int64(n)
+						}
+						periods := (high - start + 999) / 1000
+						require.LessOrEqual(t, admitted, int64(lim.Capacity())+int64(lim.Rate)*periods,
+							"step %d: %d admitted while the clock advanced %dms", i, admitted, high-start)
+					}
+					setNow(high + 2*time.Hour.Milliseconds())
+					res, err := l.Peek(ctx, "jumpy", lim)
+					require.NoError(t, err)
+					require.Equal(t, int64(lim.Capacity()), res.Remaining, "a jump far ahead refills")
+					res, err = l.AllowN(ctx, "jumpy", lim, lim.Capacity())
+					require.NoError(t, err)
+					require.True(t, res.Allowed)
+					require.NotZero(t, denied, "the run never reached the limit: it tests nothing")
+					t.Logf("%d admitted, %d denied, clock advanced %dms (bound %d)", admitted, denied, high-start,
+						int64(lim.Capacity())+int64(lim.Rate)*((high-start+999)/1000))
+				})
+			}
 		}
 	})
 }
