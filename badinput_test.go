@@ -146,6 +146,14 @@ func TestHostileScriptInput(t *testing.T) {
 				}
 				require.Equal(t, before, b.snapshot(t), "state changed")
 
+				// odd but valid raw keys are keys like any other
+				for _, k := range []string{"{h}:" + strings.Repeat("\xff", 1<<20), "{h}:\x00\r\n", "{h}:ключ🙂"} {
+					reply, errText := b.eval(t, s.Name, []string{k}, valid...)
+					require.Empty(t, errText)
+					require.Equal(t, int64(1), reply[0])
+					require.NoError(t, b.client.Do(context.Background(), b.client.B().Del().Key(b.prefix+k).Build()).Error())
+				}
+
 				// a key holding what the script did not write, of every type
 				for _, typ := range []string{"string", "hash", "list", "set", "zset"} {
 					k := "{h}:" + s.Name + ":planted-" + typ

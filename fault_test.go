@@ -19,9 +19,9 @@ import (
 
 // ownServer starts a redis-server only this test uses, so it may flush,
 // restart or pause it. It skips loudly without redis-server, fails under CI.
-func ownServer(t *testing.T) (*redistest.Server, rueidis.Client) {
+func ownServer(t *testing.T, config ...string) (*redistest.Server, rueidis.Client) {
 	t.Helper()
-	s, err := redistest.Start()
+	s, err := redistest.Start(config...)
 	if err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("CI needs real Redis: %v", err)
@@ -145,6 +145,29 @@ func TestRedisDownOrSlow(t *testing.T) {
 		require.NoError(t, err, "after resuming")
 	})
 
+	t.Run("busy with a long script", func(t *testing.T) {
+		s, client := ownServer(t, "--busy-reply-threshold", "50")
+		l := New(client)
+		other := redistest.Client(t, s.Addr) // a connection of its own
+		busy := make(chan error, 1)
+		go func() {
+			// spins for a second of server time, then returns
+			busy <- other.Do(context.Background(), other.B().Eval().Script(
+				"local t = redis.call('TIME') while redis.call('TIME')[1] - t[1] < 1 do end return 1").Numkeys(0).Build()).Error()
+		}()
+		var err error
+		for i := 0; i < 100; i++ { // until the script is past the busy threshold
+			if _, err = call(t, l); err != nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		require.ErrorIs(t, err, ErrUnavailable)
+		require.Contains(t, err.Error(), "BUSY")
+		t.Logf("busy server: %v", err)
+		require.NoError(t, <-busy)
+	})
+
 	t.Run("never answers", func(t *testing.T) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
@@ -180,6 +203,18 @@ func TestRedisDownOrSlow(t *testing.T) {
 		require.ErrorIs(t, err, ErrUnavailable)
 		require.Less(t, took, hang)
 		t.Logf("silent listener: %v after %v", err, took)
+	})
+}
+
+// TestErrorsAreTyped: an error Redis answers about the request itself is not
+// ErrUnavailable, so a fail-open policy cannot hide it.
+func TestErrorsAreTyped(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		before1970 := New(b.client, WithPrefix(b.prefix), WithClock(func() time.Time { return time.UnixMilli(-1) }))
+		_, err := before1970.Allow(context.Background(), "k", PerSecond(GCRA, 10))
+		require.Error(t, err)
+		require.NotErrorIs(t, err, ErrUnavailable)
+		require.Contains(t, err.Error(), "luarate: ARGV[5] now_ms must be")
 	})
 }
 
