@@ -35,17 +35,19 @@ func StartCluster(replicas bool) (*Cluster, error) {
 		n = 6
 	}
 	var nodes []*Server
-	c := &Cluster{}
+	stopAll := func() {
+		for _, s := range nodes {
+			s.Stop()
+		}
+	}
 	for len(nodes) < n {
 		s, err := startClusterNode()
 		if err != nil {
-			c.Masters = nodes
-			c.Stop()
+			stopAll()
 			return nil, err
 		}
 		nodes = append(nodes, s)
 	}
-	c.Masters = nodes
 	args := []string{"--cluster", "create"}
 	for _, s := range nodes {
 		args = append(args, s.Addr)
@@ -54,13 +56,13 @@ func StartCluster(replicas bool) (*Cluster, error) {
 		args = append(args, "--cluster-replicas", "1")
 	}
 	args = append(args, "--cluster-yes")
-	out, err := exec.Command("redis-cli", args...).CombinedOutput()
-	if err != nil {
-		c.Stop()
+	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+		stopAll()
 		return nil, fmt.Errorf("redis-cli --cluster create: %v\n%s", err, out)
 	}
+	c := &Cluster{}
 	if err := c.sortRoles(nodes); err != nil {
-		c.Stop()
+		stopAll()
 		return nil, err
 	}
 	if err := c.WaitHealthy(30 * time.Second); err != nil {
