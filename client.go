@@ -31,6 +31,12 @@ import (
 // ErrInvalidRequest is wrapped by errors about a call's key or cost.
 var ErrInvalidRequest = errors.New("invalid request")
 
+// ErrUnavailable is wrapped, together with the client's own error, by errors
+// that mean Redis did not decide: it could not be reached, did not answer
+// before the context's deadline, or is down, loading or busy. Decide there
+// whether to fail open or closed.
+var ErrUnavailable = errors.New("redis unavailable")
+
 // Limiter makes rate-limit decisions in Redis. It is safe for concurrent use.
 type Limiter struct {
 	client rueidis.Client
@@ -108,7 +114,7 @@ func (l *Limiter) AllowMulti(ctx context.Context, key string, n int, limits ...L
 	}
 	reply, err := script.lua.Exec(ctx, l.client, keys, args).ToMessage()
 	if err != nil {
-		return Result{}, fmt.Errorf("%s script: %w", script.Name, err)
+		return Result{}, redisError(script.Name+" script", err)
 	}
 	return parseResult(reply)
 }
@@ -120,9 +126,34 @@ func (l *Limiter) Reset(ctx context.Context, key string, limit Limit) error {
 		return err
 	}
 	if err := l.client.Do(ctx, l.client.B().Del().Key(keys...).Build()).Error(); err != nil {
-		return fmt.Errorf("luarate: reset: %w", err)
+		return redisError("luarate: reset", err)
 	}
 	return nil
+}
+
+// redisError wraps an error of the Redis client, adding ErrUnavailable when
+// Redis made no decision rather than refusing the call.
+func redisError(what string, err error) error {
+	if unavailable(err) {
+		return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func unavailable(err error) bool {
+	if rueidis.IsRedisNil(err) {
+		return false
+	}
+	redisErr, ok := rueidis.IsRedisErr(err)
+	if !ok {
+		return true // no reply: refused, closed, timed out, cancelled
+	}
+	for _, code := range []string{"LOADING", "BUSY", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "READONLY"} {
+		if strings.HasPrefix(redisErr.Error(), code+" ") {
+			return true
+		}
+	}
+	return false
 }
 
 // keys validates the limits and returns their script and Redis keys:

@@ -27,7 +27,7 @@ type vectorFile struct {
 	} `json:"cases"`
 }
 
-func loadVectors(t *testing.T) map[string]vectorFile {
+func loadVectors(t testing.TB) map[string]vectorFile {
 	t.Helper()
 	paths, err := filepath.Glob("testdata/vectors/*.json")
 	require.NoError(t, err)

@@ -33,7 +33,8 @@
 -- in ":swc1:<period_ms>").
 --
 -- KEYS[i]      state key of limit i, i = 1..N. All keys of one call must share
---              a hash slot in Redis Cluster: give them one {hash tag}.
+--              a hash slot in Redis Cluster: give them one {hash tag}. Keys
+--              must be distinct: two limits cannot share one state.
 -- ARGV         for each limit i, three values in the order of KEYS:
 --   rate       integer 1..1e9, cost admitted per window
 --   period_ms  integer 1..1e12, window length, with rate * period_ms <= 9e15
@@ -98,6 +99,13 @@ local function run()
   if #ARGV ~= 3 * n + 1 and #ARGV ~= 3 * n + 2 then
     fail('expected %d ARGV (rate, period_ms, burst per key, then cost [now_ms]), got %d',
       3 * n + 1, #ARGV)
+  end
+  for i = 2, n do
+    for j = 1, i - 1 do
+      if KEYS[i] == KEYS[j] then
+        fail('KEYS[%d] repeats KEYS[%d]; give each limit its own key', i, j)
+      end
+    end
   end
   local cost = int(3 * n + 1, 'cost', 0, 1e9)
   local now

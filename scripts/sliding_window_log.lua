@@ -23,7 +23,8 @@
 -- their keys (the Go client's keys end in ":swl1:<period_ms>").
 --
 -- KEYS[i]      state key of limit i, i = 1..N. All keys of one call must share
---              a hash slot in Redis Cluster: give them one {hash tag}.
+--              a hash slot in Redis Cluster: give them one {hash tag}. Keys
+--              must be distinct: two limits cannot share one state.
 -- ARGV         for each limit i, three values in the order of KEYS:
 --   rate       integer 1..1e6, cost admitted in any window of period_ms
 --   period_ms  integer 1..1e12, window length
@@ -66,7 +67,8 @@ end
 
 -- entry_time reads the score out of a member this script wrote.
 local function entry_time(i, member)
-  local ts = member and tonumber(string.match(member, '^(%d+):%d+$'))
+  local ts = member and string.match(member, '^(%d+):%d+$')
+  ts = ts and tonumber(ts) -- gopher-lua's tonumber(nil) raises
   if not ts then
     fail('KEYS[%d] holds a value sliding_window_log v1 did not write; use another key', i)
   end
@@ -81,6 +83,13 @@ local function run()
   if #ARGV ~= 3 * n + 1 and #ARGV ~= 3 * n + 2 then
     fail('expected %d ARGV (rate, period_ms, burst per key, then cost [now_ms]), got %d',
       3 * n + 1, #ARGV)
+  end
+  for i = 2, n do
+    for j = 1, i - 1 do
+      if KEYS[i] == KEYS[j] then
+        fail('KEYS[%d] repeats KEYS[%d]; give each limit its own key', i, j)
+      end
+    end
   end
   local cost = int(3 * n + 1, 'cost', 0, 1e9)
   local now
@@ -107,13 +116,15 @@ local function run()
 
     local span = period * 1000
     local after = '(' .. string.format('%d', now - span) -- entries still in the window
-    local count = redis.pcall('ZCOUNT', KEYS[i], after, '+inf')
-    if type(count) == 'table' then
+    -- the newest entry, read first: it checks the key's type and format
+    local last = redis.pcall('ZRANGE', KEYS[i], -1, -1)
+    if last.err then
       fail('KEYS[%d] holds a value that is not a sorted set; use another key', i)
     end
-    local newest, at = nil, now -- the newest entry; where new entries go
-    if count > 0 then
-      newest = entry_time(i, redis.call('ZRANGE', KEYS[i], -1, -1)[1])
+    local count, newest, at = 0, nil, now -- at: where new entries go
+    if last[1] then
+      newest = entry_time(i, last[1])
+      count = redis.call('ZCOUNT', KEYS[i], after, '+inf')
       if newest > now then
         at = newest -- never before an entry already logged
       end

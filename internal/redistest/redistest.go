@@ -66,10 +66,7 @@ func Start(extra ...string) (*Server, error) {
 
 // Stop kills the server and removes its directory.
 func (s *Server) Stop() {
-	if s.cmd.Process != nil {
-		_ = s.cmd.Process.Kill()
-		_ = s.cmd.Wait()
-	}
+	s.kill()
 	os.RemoveAll(s.dir)
 }
 
