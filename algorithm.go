@@ -50,3 +50,16 @@ func (a Algorithm) String() string {
 func (a Algorithm) windowed() bool {
 	return a == FixedWindow || a == SlidingWindowLog || a == SlidingWindowCounter
 }
+
+// Algorithms lists every limiter algorithm, in the order of the constants.
+// Benchmarks and tests iterate over it, so a new algorithm is covered as soon
+// as it is added to scriptNames.
+func Algorithms() []Algorithm {
+	out := make([]Algorithm, 0, len(scriptNames)-1)
+	for a := range scriptNames {
+		if scriptNames[a] != "" {
+			out = append(out, Algorithm(a))
+		}
+	}
+	return out
+}

@@ -42,6 +42,7 @@ type Limiter struct {
 	client rueidis.Client
 	prefix string
 	now    func() time.Time
+	denies *denyCache // nil unless WithDenyCache
 }
 
 // Option configures a Limiter.
@@ -58,6 +59,15 @@ func WithPrefix(prefix string) Option {
 // replaying traffic; the default is the server clock.
 func WithClock(now func() time.Time) Option {
 	return func(l *Limiter) { l.now = now }
+}
+
+// clock is the time the Limiter decides with: WithClock's, else the local
+// clock (monotonic, so only differences of it are used).
+func (l *Limiter) clock() time.Time {
+	if l.now != nil {
+		return l.now()
+	}
+	return time.Now()
 }
 
 // New returns a Limiter that runs the scripts on client. For miniredis, build
@@ -92,38 +102,40 @@ func (l *Limiter) Peek(ctx context.Context, key string, limit Limit) (Result, er
 // Result reports the tightest limit: the denying one with the longest
 // RetryAfter, else the one with the fewest Remaining.
 func (l *Limiter) AllowMulti(ctx context.Context, key string, n int, limits ...Limit) (Result, error) {
-	script, keys, err := l.keys(key, limits)
+	// sent is read before the request's now_ms, so the script decides no
+	// earlier than sent: a denial is never remembered for longer than it holds.
+	var sent time.Time
+	if l.denies != nil {
+		sent = l.clock()
+	}
+	script, keys, args, err := l.command(key, n, limits)
 	if err != nil {
 		return Result{}, err
 	}
-	for _, lim := range limits {
-		if n < 0 || n > lim.Capacity() {
-			return Result{}, fmt.Errorf("luarate: %w: n must be from 0 to the capacity %d, got %d", ErrInvalidRequest, lim.Capacity(), n)
+	if l.denies != nil && n > 0 {
+		if res, ok := l.denies.lookup(keys[0], limits, n, sent); ok {
+			return res, nil
 		}
-	}
-	args := make([]string, 0, 3*len(limits)+2)
-	for _, lim := range limits {
-		args = append(args,
-			strconv.Itoa(lim.Rate),
-			strconv.FormatInt(int64(lim.Period/time.Millisecond), 10),
-			strconv.Itoa(lim.Burst))
-	}
-	args = append(args, strconv.Itoa(n))
-	if l.now != nil {
-		args = append(args, strconv.FormatInt(l.now().UnixMilli(), 10))
 	}
 	reply, err := script.lua.Exec(ctx, l.client, keys, args).ToMessage()
 	if err != nil {
 		return Result{}, redisError(script.Name+" script", err)
 	}
-	return parseResult(reply)
+	res, err := parseResult(reply)
+	if err == nil && l.denies != nil && n > 0 && !res.Allowed {
+		l.denies.remember(keys[0], limits, n, sent, res)
+	}
+	return res, err
 }
 
 // Reset forgets key's state under limit: the key is back to full.
 func (l *Limiter) Reset(ctx context.Context, key string, limit Limit) error {
-	_, keys, err := l.keys(key, []Limit{limit})
+	_, keys, _, err := l.command(key, 0, []Limit{limit})
 	if err != nil {
 		return err
+	}
+	if l.denies != nil {
+		l.denies.forget(keys[0])
 	}
 	if err := l.client.Do(ctx, l.client.B().Del().Key(keys...).Build()).Error(); err != nil {
 		return redisError("luarate: reset", err)
@@ -156,35 +168,84 @@ func unavailable(err error) bool {
 	return false
 }
 
-// keys validates the limits and returns their script and Redis keys:
-// prefix{key}:<script tag>:<period ms>, e.g. "rl:{user42}:g1:1000". The
-// {key} hash tag puts every limit of one key in one Cluster slot.
-func (l *Limiter) keys(key string, limits []Limit) (*loadedScript, []string, error) {
+// command validates a call and returns its script, Redis keys and ARGV.
+// Keys are prefix{key}:<script tag>:<period ms>, e.g. "rl:{user42}:g1:1000";
+// the {key} hash tag puts every limit of one key in one Cluster slot. ARGV is
+// rate, period_ms, burst per limit, then n, then now_ms with WithClock.
+//
+// It is on every decision's path, so it allocates twice for usual keys,
+// however many limits there are: every key and argument is a substring of one
+// string, and keys and args share one slice.
+func (l *Limiter) command(key string, n int, limits []Limit) (*loadedScript, []string, []string, error) {
 	if key == "" {
-		return nil, nil, fmt.Errorf("luarate: %w: key must not be empty", ErrInvalidRequest)
+		return nil, nil, nil, fmt.Errorf("luarate: %w: key must not be empty", ErrInvalidRequest)
 	}
 	if len(limits) == 0 {
-		return nil, nil, fmt.Errorf("luarate: %w: need at least one limit", ErrInvalidRequest)
+		return nil, nil, nil, fmt.Errorf("luarate: %w: need at least one limit", ErrInvalidRequest)
 	}
-	tag := "{" + escapeBraces(key) + "}:"
-	var script *loadedScript
-	keys := make([]string, len(limits))
 	for i, lim := range limits {
 		if err := lim.Validate(); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if lim.Algorithm != limits[0].Algorithm {
-			return nil, nil, fmt.Errorf("luarate: %w: all limits of one call must share an algorithm, got %s and %s", ErrInvalidRequest, limits[0].Algorithm, lim.Algorithm)
+			return nil, nil, nil, fmt.Errorf("luarate: %w: all limits of one call must share an algorithm, got %s and %s", ErrInvalidRequest, limits[0].Algorithm, lim.Algorithm)
 		}
 		for _, prev := range limits[:i] {
 			if prev.Period == lim.Period {
-				return nil, nil, fmt.Errorf("luarate: %w: two limits with period %v; give each limit its own period", ErrInvalidRequest, lim.Period)
+				return nil, nil, nil, fmt.Errorf("luarate: %w: two limits with period %v; give each limit its own period", ErrInvalidRequest, lim.Period)
 			}
 		}
-		script = scripts[lim.Algorithm.String()]
-		keys[i] = l.prefix + tag + script.keyTag + ":" + strconv.FormatInt(int64(lim.Period/time.Millisecond), 10)
 	}
-	return script, keys, nil
+	for _, lim := range limits {
+		if n < 0 || n > lim.Capacity() {
+			return nil, nil, nil, fmt.Errorf("luarate: %w: n must be from 0 to the capacity %d, got %d", ErrInvalidRequest, lim.Capacity(), n)
+		}
+	}
+	script := scripts[limits[0].Algorithm.String()]
+	escaped := escapeBraces(key)
+
+	// One buffer holds every key, then every argument; ends[i] is where the
+	// i-th of them stops.
+	nargs := 3*len(limits) + 1
+	if l.now != nil {
+		nargs++
+	}
+	parts := make([]string, len(limits)+nargs)
+	var ends [32]int
+	end := ends[:0]
+	var stack [256]byte // grows onto the heap only for long keys
+	buf := stack[:0]
+	for _, lim := range limits {
+		buf = append(buf, l.prefix...)
+		buf = append(buf, '{')
+		buf = append(buf, escaped...)
+		buf = append(buf, "}:"...)
+		buf = append(buf, script.keyTag...)
+		buf = append(buf, ':')
+		buf = strconv.AppendInt(buf, int64(lim.Period/time.Millisecond), 10)
+		end = append(end, len(buf))
+	}
+	for _, lim := range limits {
+		buf = strconv.AppendInt(buf, int64(lim.Rate), 10)
+		end = append(end, len(buf))
+		buf = strconv.AppendInt(buf, int64(lim.Period/time.Millisecond), 10)
+		end = append(end, len(buf))
+		buf = strconv.AppendInt(buf, int64(lim.Burst), 10)
+		end = append(end, len(buf))
+	}
+	buf = strconv.AppendInt(buf, int64(n), 10)
+	end = append(end, len(buf))
+	if l.now != nil {
+		buf = strconv.AppendInt(buf, l.now().UnixMilli(), 10)
+		end = append(end, len(buf))
+	}
+	all := string(buf)
+	start := 0
+	for i, e := range end {
+		parts[i] = all[start:e]
+		start = e
+	}
+	return script, parts[:len(limits):len(limits)], parts[len(limits):], nil
 }
 
 // escapeBraces makes s safe inside a {hash tag}: it escapes '%', '{' and '}'

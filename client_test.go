@@ -311,7 +311,7 @@ func TestKeyOfAnotherTypeIsLeftUntouched(t *testing.T) {
 		for _, algo := range limiterAlgorithms {
 			l := b.limiter(&clock{ms: 1_700_000_000_000})
 			limit := PerSecond(algo, 10)
-			_, keys, err := l.keys("typed", []Limit{limit})
+			_, keys, _, err := l.command("typed", 0, []Limit{limit})
 			require.NoError(t, err)
 			key := keys[0]
 
