@@ -86,3 +86,30 @@ func ExampleResult_SetHeaders() {
 	// X-RateLimit-Reset: 2
 	// Retry-After: 1
 }
+
+// With a deny cache, a key that keeps calling while denied is answered from
+// memory until its retry time: here 3 of the 5 calls never reach Redis.
+func ExampleWithDenyCache() {
+	mr, _ := miniredis.Run()
+	defer mr.Close()
+	client, _ := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{mr.Addr()}, DisableCache: true, ForceSingleClient: true})
+	defer client.Close()
+	now := time.UnixMilli(1_700_000_000_000)
+	limiter := luarate.New(client,
+		luarate.WithDenyCache(10_000), // remember denials of up to 10k keys
+		luarate.WithClock(func() time.Time { return now }))
+
+	limit := luarate.PerMinute(luarate.GCRA, 1)
+	for i := 1; i <= 5; i++ {
+		before := mr.CommandCount()
+		res, _ := limiter.Allow(context.Background(), "abuser", limit)
+		fmt.Printf("allowed=%v retry_after=%v asked Redis=%v\n", res.Allowed, res.RetryAfter, mr.CommandCount() > before)
+		now = now.Add(10 * time.Second)
+	}
+	// Output:
+	// allowed=true retry_after=0s asked Redis=true
+	// allowed=false retry_after=50s asked Redis=true
+	// allowed=false retry_after=40s asked Redis=false
+	// allowed=false retry_after=30s asked Redis=false
+	// allowed=false retry_after=20s asked Redis=false
+}

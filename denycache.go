@@ -1,0 +1,156 @@
+package luarate
+
+import (
+	"container/list"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// WithDenyCache remembers denials in the process for up to size keys, so a
+// key that keeps calling while denied costs Redis nothing until its retry
+// time. The default is off.
+//
+// When Redis denies a request of cost n with RetryAfter T, every request of
+// the same key and limits with cost n or more is certain to be denied for the
+// next T, since capacity only comes back with time; the Limiter answers those
+// from memory (Allowed false, RetryAfter and ResetAfter counted down,
+// Remaining as of the denial). Smaller costs and peeks still go to Redis,
+// and so does anything after T. When more than size keys are denied at once,
+// the least recently used are forgotten; memory stays about size * 300 bytes.
+//
+// The trade-off: a cached denial cannot see what another process does to the
+// key. A Reset (or any script that gives capacity back) by another process
+// only takes effect here once the cached retry time has passed; a Reset
+// through this Limiter clears its own cache for the key. Denied requests
+// answered from memory write nothing, exactly as denied requests in Redis do,
+// so the limits admit the same requests with the cache on or off.
+func WithDenyCache(size int) Option {
+	return func(l *Limiter) {
+		if size > 0 {
+			l.denies = newDenyCache(size)
+		} else {
+			l.denies = nil
+		}
+	}
+}
+
+// maxDenialsPerKey bounds the denials kept for one key (different limits or
+// costs of the same key).
+const maxDenialsPerKey = 4
+
+// denyCache is a size-bounded LRU of recent denials, grouped by the key's
+// hash tag ("rl:{user42}") so that Reset can drop every limit of a key.
+type denyCache struct {
+	mu    sync.Mutex
+	size  int
+	order *list.List // of *denyEntry, most recently used first
+	byTag map[string]*list.Element
+}
+
+type denyEntry struct {
+	tag     string
+	denials []denial
+}
+
+// denial is one Redis answer: limits denied cost n, decided no earlier than
+// at, with no admission possible before until.
+type denial struct {
+	limits []Limit
+	n      int
+	at     time.Time
+	until  time.Time
+	res    Result
+}
+
+func newDenyCache(size int) *denyCache {
+	return &denyCache{size: size, order: list.New(), byTag: make(map[string]*list.Element, size)}
+}
+
+// hashTag returns the "prefix{key}" part of a Redis key the Limiter built.
+// The prefix and the key have their braces escaped, so the first '}' ends it.
+func hashTag(redisKey string) string {
+	return redisKey[:strings.IndexByte(redisKey, '}')+1]
+}
+
+// lookup answers a request of cost n from a cached denial that covers it.
+func (c *denyCache) lookup(redisKey string, limits []Limit, n int, now time.Time) (Result, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.byTag[hashTag(redisKey)]
+	if !ok {
+		return Result{}, false
+	}
+	e := el.Value.(*denyEntry)
+	live := e.denials[:0]
+	var res Result
+	found := false
+	for _, d := range e.denials {
+		if !now.Before(d.until) {
+			continue // expired: drop it
+		}
+		live = append(live, d)
+		if !found && n >= d.n && slices.Equal(d.limits, limits) {
+			elapsed := now.Sub(d.at)
+			res = d.res
+			res.RetryAfter -= elapsed
+			res.ResetAfter = max(res.ResetAfter-elapsed, res.RetryAfter)
+			found = true
+		}
+	}
+	clear(e.denials[len(live):])
+	e.denials = live
+	if len(live) == 0 {
+		c.order.Remove(el)
+		delete(c.byTag, e.tag)
+	} else if found {
+		c.order.MoveToFront(el)
+	}
+	return res, found
+}
+
+// remember stores Redis' denial of cost n, for a request sent at sent.
+// Times in replies are rounded up to whole ms, so the denial is trusted one
+// ms less than its RetryAfter.
+func (c *denyCache) remember(redisKey string, limits []Limit, n int, sent time.Time, res Result) {
+	if res.RetryAfter <= time.Millisecond {
+		return
+	}
+	d := denial{limits: slices.Clone(limits), n: n, at: sent, until: sent.Add(res.RetryAfter - time.Millisecond), res: res}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tag := hashTag(redisKey)
+	if el, ok := c.byTag[tag]; ok {
+		e := el.Value.(*denyEntry)
+		c.order.MoveToFront(el)
+		for i := range e.denials {
+			if slices.Equal(e.denials[i].limits, limits) {
+				e.denials[i] = d // the newest answer for these limits
+				return
+			}
+		}
+		if len(e.denials) == maxDenialsPerKey {
+			e.denials = slices.Delete(e.denials, 0, 1)
+		}
+		e.denials = append(e.denials, d)
+		return
+	}
+	if c.order.Len() >= c.size {
+		oldest := c.order.Back()
+		c.order.Remove(oldest)
+		delete(c.byTag, oldest.Value.(*denyEntry).tag)
+	}
+	tag = strings.Clone(tag) // do not pin the request's buffer
+	c.byTag[tag] = c.order.PushFront(&denyEntry{tag: tag, denials: []denial{d}})
+}
+
+// forget drops every cached denial of the key redisKey belongs to.
+func (c *denyCache) forget(redisKey string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.byTag[hashTag(redisKey)]; ok {
+		c.order.Remove(el)
+		delete(c.byTag, el.Value.(*denyEntry).tag)
+	}
+}
