@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/luarate/luarate"
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/rueidis"
+)
+
+type config struct {
+	addr       string
+	duration   time.Duration
+	rounds     int
+	goroutines int
+	keys       int
+	svg        string
+}
+
+// The limit every limiter enforces: bursts of 100, then 100 per second. The
+// hot key is then almost always denied, the 10k keys almost always admitted.
+const rate = 100
+
+// A contender makes one decision per call.
+type contender struct {
+	name  string
+	algo  string // luarate's algorithm; "" for the yardsticks
+	allow func(ctx context.Context, key string) error
+	// memKey makes the contender write state for key and returns the Redis
+	// key it wrote ("" when it writes nothing).
+	memKey func(ctx context.Context, key string) (string, error)
+}
+
+const (
+	noop      = "no-op EVALSHA (rueidis)"
+	redisRate = "redis_rate v10 (go-redis)"
+)
+
+func contenders(rc rueidis.Client, gr *redis.Client, prefix string) []contender {
+	noopScript := rueidis.NewLuaScript("return 1")
+	rr := redis_rate.NewLimiter(gr)
+	rrLimit := redis_rate.PerSecond(rate)
+	out := []contender{
+		{name: noop,
+			allow: func(ctx context.Context, key string) error {
+				return noopScript.Exec(ctx, rc, []string{key}, nil).Error()
+			},
+			memKey: func(context.Context, string) (string, error) { return "", nil }},
+		{name: redisRate,
+			allow: func(ctx context.Context, key string) error {
+				_, err := rr.Allow(ctx, prefix+key, rrLimit)
+				return err
+			},
+			memKey: func(ctx context.Context, key string) (string, error) {
+				_, err := rr.Allow(ctx, key, rrLimit)
+				return "rate:" + key, err
+			}},
+	}
+	lim := luarate.New(rc, luarate.WithPrefix(prefix))
+	for _, a := range luarate.Algorithms() {
+		limit := luarate.PerSecond(a, rate)
+		if err := limit.Validate(); err != nil {
+			fmt.Printf("skipping %s: %v\n", a, err)
+			continue
+		}
+		mem := luarate.New(rc) // the default "rl:" prefix, as users have it
+		out = append(out, contender{name: "luarate " + a.String(), algo: a.String(),
+			allow: func(ctx context.Context, key string) error {
+				_, err := lim.Allow(ctx, key, limit)
+				return err
+			},
+			memKey: func(ctx context.Context, key string) (string, error) {
+				if _, err := mem.Allow(ctx, key, limit); err != nil {
+					return "", err
+				}
+				return findKey(ctx, rc, "rl:{"+key+"}:*")
+			}})
+	}
+	return out
+}
+
+// findKey returns the one key matching pattern.
+func findKey(ctx context.Context, c rueidis.Client, pattern string) (string, error) {
+	keys, err := c.Do(ctx, c.B().Keys().Pattern(pattern).Build()).AsStrSlice()
+	if err != nil || len(keys) != 1 {
+		return "", fmt.Errorf("expected one key %s, got %q (%v)", pattern, keys, err)
+	}
+	return keys[0], nil
+}
+
+func randomPrefix() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return "bench" + hex.EncodeToString(b) + ":"
+}
+
+// workload is a set of keys the goroutines spread their calls over.
+type workload struct {
+	name string
+	keys []string
+}
+
+func workloads(n int) []workload {
+	many := make([]string, n)
+	for i := range many {
+		many[i] = "user" + strconv.Itoa(i)
+	}
+	return []workload{
+		{name: "1 hot key", keys: []string{"hot"}},
+		{name: strconv.Itoa(n/1000) + "k keys", keys: many},
+	}
+}
+
+// commandStats reads calls and usec of the script commands (EVALSHA, EVAL)
+// from INFO commandstats.
+func commandStats(ctx context.Context, c rueidis.Client) (calls, usec int64, err error) {
+	info, err := c.Do(ctx, c.B().Info().Section("commandstats").Build()).ToString()
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(info, "\n") {
+		name, fields, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || (name != "cmdstat_evalsha" && name != "cmdstat_eval") {
+			continue
+		}
+		for _, f := range strings.Split(fields, ",") {
+			k, v, _ := strings.Cut(f, "=")
+			n, _ := strconv.ParseInt(v, 10, 64)
+			switch k {
+			case "calls":
+				calls += n
+			case "usec":
+				usec += n
+			}
+		}
+	}
+	return calls, usec, nil
+}
+
+func resetStats(ctx context.Context, c rueidis.Client) error {
+	return c.Do(ctx, c.B().ConfigResetstat().Build()).Error()
+}

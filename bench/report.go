@@ -1,0 +1,149 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// core are the algorithms the tightest targets apply to.
+var core = map[string]bool{"fixed_window": true, "token_bucket": true, "gcra": true}
+
+// check is one target: a ratio measured in this run against its bound.
+type check struct {
+	what       string
+	got, bound float64
+	atLeast    bool // the ratio must be >= bound; else <= bound
+	info       bool // reported only, not a target
+}
+
+func (c check) ok() bool {
+	if c.atLeast {
+		return c.got >= c.bound
+	}
+	return c.got <= c.bound
+}
+
+func (c check) needed() string {
+	if c.atLeast {
+		return fmt.Sprintf(">= %.2f", c.bound)
+	}
+	return fmt.Sprintf("<= %.2f", c.bound)
+}
+
+// report prints the tables and the targets, and returns how many failed.
+func report(w io.Writer, r *results) int {
+	fmt.Fprintln(w, "| workload | contender | decisions/s | p50 | p99 | Redis usec/call |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|")
+	for _, m := range r.runs {
+		fmt.Fprintf(w, "| %s | %s | %.0f | %v | %v | %.2f |\n", m.workload, m.contender, m.perSecond(),
+			m.hist.quantile(0.50), m.hist.quantile(0.99), m.usecPerCall())
+	}
+
+	fmt.Fprintln(w, "\n| contender | bytes per idle key (MEMORY USAGE) |")
+	fmt.Fprintln(w, "|---|---:|")
+	for _, u := range r.memory {
+		if u.bytes >= 0 {
+			fmt.Fprintf(w, "| %s | %d |\n", u.contender, u.bytes)
+		}
+	}
+
+	fmt.Fprintln(w, "\n| deny cache flood: 90% of requests from 100 over-limit keys | cache off: decisions/s | Redis calls/s | cache on: decisions/s | Redis calls/s | Redis calls per request, off -> on | drop at the same request rate |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|")
+	for _, f := range r.floods {
+		fmt.Fprintf(w, "| %s | %.0f | %.0f | %.0f | %.0f | %.3f -> %.3f | %.1f%% |\n", f.algo,
+			f.off.decisionsPerSecond, f.off.callsPerSecond, f.on.decisionsPerSecond, f.on.callsPerSecond,
+			f.off.callsPerDecision(), f.on.callsPerDecision(), 100*f.drop())
+	}
+
+	checks := targets(r)
+	failed := 0
+	fmt.Fprintln(w, "\n| target | measured | needed | |")
+	fmt.Fprintln(w, "|---|---:|---:|---|")
+	for _, c := range checks {
+		verdict := "PASS"
+		switch {
+		case c.info:
+			verdict = "(reported)"
+		case !c.ok():
+			verdict = "FAIL"
+			failed++
+		}
+		fmt.Fprintf(w, "| %s | %.2f | %s | %s |\n", c.what, c.got, c.needed(), verdict)
+	}
+	fmt.Fprintf(w, "\n%d of %d targets failed\n", failed, countTargets(checks))
+	return failed
+}
+
+func countTargets(cs []check) int {
+	n := 0
+	for _, c := range cs {
+		if !c.info {
+			n++
+		}
+	}
+	return n
+}
+
+// targets evaluates the targets, each as a ratio within this run.
+func targets(r *results) []check {
+	var out []check
+	find := func(workload, contender string) *measurement {
+		for _, m := range r.runs {
+			if m.workload == workload && m.contender == contender {
+				return m
+			}
+		}
+		return nil
+	}
+	for _, m := range r.runs {
+		if m.algo == "" {
+			continue
+		}
+		rr, nop := find(m.workload, redisRate), find(m.workload, noop)
+		isCore := core[m.algo]
+		cpuMax := 1.0 / 3
+		if !isCore {
+			cpuMax = 2.0 / 3
+		}
+		cpu := m.usecPerCall() / rr.usecPerCall()
+		out = append(out, check{what: fmt.Sprintf("%s, %s: Redis CPU / redis_rate's", m.algo, m.workload), got: cpu, bound: cpuMax, info: strings.Contains(m.algo, "log")})
+		tr := m.perSecond() / rr.perSecond()
+		out = append(out, check{what: fmt.Sprintf("%s, %s: throughput / redis_rate's", m.algo, m.workload), got: tr, bound: 1.5, atLeast: true})
+		tn := m.perSecond() / nop.perSecond()
+		out = append(out, check{what: fmt.Sprintf("%s, %s: throughput / no-op's", m.algo, m.workload), got: tn, bound: 0.8, atLeast: true})
+		p99 := float64(m.hist.quantile(0.99)) / float64(nop.hist.quantile(0.99))
+		out = append(out, check{what: fmt.Sprintf("%s, %s: p99 / no-op's p99", m.algo, m.workload), got: p99, bound: 1.5})
+	}
+	var rrBytes int64
+	for _, u := range r.memory {
+		if u.contender == redisRate {
+			rrBytes = u.bytes
+		}
+	}
+	for _, u := range r.memory {
+		if u.algo == "" {
+			continue
+		}
+		ratio := float64(u.bytes) / float64(rrBytes)
+		out = append(out, check{what: fmt.Sprintf("%s: bytes per idle key / redis_rate's", u.algo), got: ratio, bound: 1, info: !core[u.algo]})
+	}
+	for _, f := range r.floods {
+		out = append(out, check{what: fmt.Sprintf("%s: deny cache drop in Redis calls/s at the same request rate", f.algo), got: f.drop(), bound: 0.8, atLeast: true})
+	}
+	return out
+}
+
+func cpuModel() string {
+	raw, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
