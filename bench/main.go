@@ -12,6 +12,7 @@
 //	cd bench && go run .                      # about 1.5 minutes; writes ../docs/bench.svg
 //	cd bench && go run . -short               # a few seconds (CI)
 //	cd bench && go run . -redis 127.0.0.1:6379 # an existing server (its stats are reset)
+//	cd bench && go run . -instructions 2000   # also Redis instructions per call, under callgrind
 package main
 
 import (
@@ -39,6 +40,7 @@ func bench() int {
 	flag.IntVar(&cfg.keys, "keys", 10_000, "keys in the many-keys workload")
 	flag.StringVar(&cfg.svg, "svg", "../docs/bench.svg", "write the chart here (empty: none)")
 	strict := flag.Bool("strict", false, "exit 1 when a target fails")
+	instrCalls := flag.Int("instructions", 0, "also count Redis instructions per call under valgrind's callgrind, over this many calls per case (0: off; 2000 is plenty)")
 	flag.Parse()
 	if *short {
 		cfg.duration, cfg.rounds = 300*time.Millisecond, 1
@@ -62,6 +64,13 @@ func bench() int {
 	fmt.Printf("machine: %d CPUs (%s), %s, GOMAXPROCS %d; %d goroutines, %v x %d rounds per case\n\n",
 		runtime.NumCPU(), cpuModel(), res.redisVersion, runtime.GOMAXPROCS(0), cfg.goroutines, cfg.duration, cfg.rounds)
 	failed := report(os.Stdout, res)
+	if *instrCalls > 0 {
+		counts, err := instructions(context.Background(), cfg.keys, *instrCalls)
+		if err != nil {
+			return fail(err)
+		}
+		failed += reportInstructions(os.Stdout, counts)
+	}
 	if cfg.svg != "" {
 		if err := os.WriteFile(cfg.svg, chart(res), 0o644); err != nil {
 			return fail(err)

@@ -147,3 +147,49 @@ func cpuModel() string {
 	}
 	return "unknown CPU"
 }
+
+// reportInstructions prints the instruction counts and the Redis CPU target
+// judged on them, and returns how many targets failed.
+func reportInstructions(w io.Writer, counts []instrResult) int {
+	fmt.Fprintln(w, "\nRedis instructions per call (callgrind; calls one at a time, so every contender pays the same network work):")
+	fmt.Fprintln(w, "\n| workload | contender | instructions/call | / redis_rate's | / floor's |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|")
+	find := func(workload, contender string) float64 {
+		for _, c := range counts {
+			if c.workload == workload && c.contender == contender {
+				return c.perCall
+			}
+		}
+		return 0
+	}
+	var checks []check
+	for _, c := range counts {
+		rr, fl := find(c.workload, redisRate), find(c.workload, floor)
+		fmt.Fprintf(w, "| %s | %s | %.0f | %.2f | %.2f |\n", c.workload, c.contender, c.perCall, c.perCall/rr, c.perCall/fl)
+		if c.algo == "" {
+			continue
+		}
+		bound := 1.0 / 3
+		if !core[c.algo] {
+			bound = 2.0 / 3
+		}
+		checks = append(checks, check{what: fmt.Sprintf("%s, %s: Redis instructions / redis_rate's", c.algo, c.workload),
+			got: c.perCall / rr, bound: bound, info: strings.Contains(c.algo, "log")})
+	}
+	failed := 0
+	fmt.Fprintln(w, "\n| target | measured | needed | |")
+	fmt.Fprintln(w, "|---|---:|---:|---|")
+	for _, c := range checks {
+		verdict := "PASS"
+		switch {
+		case c.info:
+			verdict = "(reported)"
+		case !c.ok():
+			verdict = "FAIL"
+			failed++
+		}
+		fmt.Fprintf(w, "| %s | %.2f | %s | %s |\n", c.what, c.got, c.needed(), verdict)
+	}
+	fmt.Fprintf(w, "\n%d of %d instruction targets failed\n", failed, countTargets(checks))
+	return failed
+}

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/rueidis"
+)
+
+// Instruction counts are the Redis CPU measure that noise cannot move: the
+// server runs under valgrind's callgrind, which counts the instructions it
+// executes, and the count for a fixed number of calls is the same from one
+// run to the next whatever else the machine does. usec_per_call, by
+// contrast, moves by 2x between runs on a shared 2-core machine.
+//
+// Calls are made one at a time from one goroutine, so every contender pays
+// the same per-request network work on the server (no pipelining for one and
+// not the other) and the difference between two contenders is their scripts.
+
+// floorScript does only what a GCRA or token bucket decision cannot avoid:
+// read the server clock, read the state, write it back with a TTL, and reply
+// six integers. No limiter that keeps its state in one key does less.
+const floorScript = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local v = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], string.format('%d', now), 'PX', 1000)
+return {1, 10, 9, 100, 0, 0}`
+
+const floor = "floor: TIME + GET + SET PX, 6 integers"
+
+// instrResult is one contender's instructions per call on one workload.
+type instrResult struct {
+	contender, algo, workload string
+	perCall                   float64
+}
+
+// callgrind is a redis-server running under callgrind.
+type callgrind struct {
+	addr string
+	cmd  *exec.Cmd
+	dir  string
+}
+
+func startCallgrind() (*callgrind, error) {
+	for _, bin := range []string{"valgrind", "callgrind_control", "redis-server"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return nil, fmt.Errorf("-instructions needs %s on PATH (apt-get install valgrind redis-server)", bin)
+		}
+	}
+	dir, err := os.MkdirTemp("", "luarate-callgrind-")
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := exec.Command("valgrind", "--tool=callgrind", "--callgrind-out-file="+filepath.Join(dir, "cg.out"),
+		"redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	cg := &callgrind{addr: "127.0.0.1:" + strconv.Itoa(port), cmd: cmd, dir: dir}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", cg.addr, time.Second)
+		if err == nil {
+			c.Close()
+			return cg, nil
+		}
+		if time.Now().After(deadline) {
+			cg.stop()
+			return nil, fmt.Errorf("redis-server under valgrind did not start: %w", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (c *callgrind) stop() {
+	_ = c.cmd.Process.Kill()
+	_ = c.cmd.Wait()
+	os.RemoveAll(c.dir)
+}
+
+// control runs callgrind_control with flag (-z: zero the counters, -d: dump
+// them) against the server.
+func (c *callgrind) control(flag string) error {
+	out, err := exec.Command("callgrind_control", flag, strconv.Itoa(c.cmd.Process.Pid)).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("callgrind_control %s: %v: %s", flag, err, out)
+	}
+	return nil
+}
+
+// counted returns the instructions Redis executed while f ran.
+func (c *callgrind) counted(f func() error) (int64, error) {
+	if err := c.control("-z"); err != nil {
+		return 0, err
+	}
+	if err := f(); err != nil {
+		return 0, err
+	}
+	old, _ := filepath.Glob(filepath.Join(c.dir, "cg.out.*"))
+	for _, p := range old {
+		os.Remove(p)
+	}
+	if err := c.control("-d"); err != nil {
+		return 0, err
+	}
+	dumps, _ := filepath.Glob(filepath.Join(c.dir, "cg.out.*"))
+	if len(dumps) == 0 {
+		return 0, errors.New("callgrind wrote no dump")
+	}
+	raw, err := os.ReadFile(dumps[0])
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "summary: "); ok {
+			return strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+		}
+	}
+	return 0, errors.New("no summary line in the callgrind dump")
+}
+
+// instructions measures every contender (and the floor script) on both
+// workloads: calls sequential calls after a warm-up, instructions per
+// EVALSHA.
+func instructions(ctx context.Context, keys, calls int) ([]instrResult, error) {
+	cg, err := startCallgrind()
+	if err != nil {
+		return nil, err
+	}
+	defer cg.stop()
+	rc, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{cg.addr}, ConnWriteTimeout: time.Minute})
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	gr := redis.NewClient(&redis.Options{Addr: cg.addr, ReadTimeout: time.Minute, WriteTimeout: time.Minute})
+	defer gr.Close()
+
+	cs := contenders(rc, gr, randomPrefix())
+	fl := rueidis.NewLuaScript(floorScript)
+	cs = append(cs[:2:2], append([]contender{{name: floor, allow: func(ctx context.Context, key string) error {
+		return fl.Exec(ctx, rc, []string{key}, nil).Error()
+	}}}, cs[2:]...)...)
+
+	var out []instrResult
+	for _, w := range workloads(keys) {
+		for _, c := range cs {
+			for i := range 200 { // load the script, fill the hot key
+				if err := c.allow(ctx, w.keys[i%len(w.keys)]); err != nil {
+					return nil, fmt.Errorf("%s: %w", c.name, err)
+				}
+			}
+			if err := resetStats(ctx, rc); err != nil {
+				return nil, err
+			}
+			n, err := cg.counted(func() error {
+				for i := range calls {
+					if err := c.allow(ctx, w.keys[(i*7919)%len(w.keys)]); err != nil {
+						return fmt.Errorf("%s: %w", c.name, err)
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, err
+			}
+			evals, _, err := commandStats(ctx, rc)
+			if err != nil {
+				return nil, err
+			}
+			if evals < int64(calls) {
+				return nil, fmt.Errorf("%s: %d script calls counted, expected %d", c.name, evals, calls)
+			}
+			out = append(out, instrResult{contender: c.name, algo: c.algo, workload: w.name, perCall: float64(n) / float64(calls)})
+		}
+	}
+	return out, nil
+}
