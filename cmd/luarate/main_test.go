@@ -108,7 +108,7 @@ func TestErrorsAreOneLine(t *testing.T) {
 		{[]string{"-bogus"}, exitUsage, "luarate: flag provided but not defined: -bogus (run 'luarate -h')"},
 		{[]string{"frobnicate"}, exitUsage, `luarate: unknown command "frobnicate"`},
 		{[]string{"try", "-algo", "nope"}, exitUsage, `luarate: try: invalid value "nope" for flag -algo: unknown algorithm "nope"; choose one of fixed_window, `},
-		{[]string{"try", "-rate", "0"}, exitUsage, "luarate: try: luarate: invalid limit: rate must be from 1 to"},
+		{[]string{"try", "-rate", "0"}, exitUsage, "luarate: try: invalid limit: rate must be from 1 to"},
 		{[]string{"try", "-n", "0"}, exitUsage, "luarate: try: -n must be from 1 to 1000000, got 0"},
 		{[]string{"try", "-cost", "11"}, exitUsage, "luarate: try: -cost must be from 0 to the capacity 10, got 11"},
 		{[]string{"try", "extra"}, exitUsage, `luarate: try: unexpected argument "extra" (run 'luarate try -h')`},

@@ -13,10 +13,15 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// redisFlag adds -redis to fs. Its value is host:port or a redis:// URL.
-func redisFlag(fs *flag.FlagSet) *string {
-	return fs.String("redis", "", "Redis `address` (host:port or redis://...); default $REDIS_URL, else an embedded Redis")
+// redisFlag adds -redis to fs. Its value is host:port or a redis:// URL;
+// fallback says what an empty value means.
+func redisFlag(fs *flag.FlagSet, fallback string) *string {
+	return fs.String("redis", "", "Redis `address` (host:port or redis://...); default "+fallback)
 }
+
+// embeddedFallback is the -redis default of the commands that can run on an
+// embedded Redis.
+const embeddedFallback = "$REDIS_URL, else an embedded Redis"
 
 // backend is the Redis a command talks to.
 type backend struct {

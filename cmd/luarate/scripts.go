@@ -64,7 +64,7 @@ Examples:
 
 func load(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := newFlags("load")
-	redis := redisFlag(fs)
+	redis := redisFlag(fs, "$REDIS_URL (required: loading into an embedded Redis would be pointless)")
 	if err := parseFlags(fs, args, loadHelp, stdout); err != nil {
 		return err
 	}

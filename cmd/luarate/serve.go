@@ -38,7 +38,7 @@ Examples:
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("serve")
 	addr := fs.String("addr", ":8080", "listen `address`")
-	redis := redisFlag(fs)
+	redis := redisFlag(fs, embeddedFallback)
 	algo := luarate.GCRA
 	fs.Func("algo", "algorithm `name` of every limit (default gcra)", func(s string) (err error) {
 		algo, err = parseAlgorithm(s)

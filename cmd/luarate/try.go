@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -58,14 +59,19 @@ func try(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer b.close()
-	return cfg.run(ctx, luarate.New(b.client), b.where, stdout, stderr)
+	err = cfg.run(ctx, luarate.New(b.client), b.where, stdout, stderr)
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		// the run's own -timeout ran out: say so rather than blame Redis
+		return fmt.Errorf("try: stopped after -timeout %v; raise it or lower -n", *timeout)
+	}
+	return err
 }
 
 // demo is the default job: a burst against 10 per second, then one request
 // after waiting the retry-after.
 func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("")
-	redis := redisFlag(fs)
+	redis := redisFlag(fs, embeddedFallback)
 	if err := parseFlags(fs, args, mainHelp, stdout); err != nil {
 		return err
 	}
@@ -102,7 +108,7 @@ func tryFlags(fs *flag.FlagSet) (*tryConfig, *string, *time.Duration) {
 	fs.DurationVar(&cfg.every, "every", 0, "pause between requests (0 = back to back)")
 	fs.StringVar(&cfg.key, "key", "", "the key to limit (default: a fresh random key)")
 	fs.BoolVar(&cfg.all, "all", false, "print every row, even on long runs")
-	redis := redisFlag(fs)
+	redis := redisFlag(fs, embeddedFallback)
 	timeout := fs.Duration("timeout", time.Minute, "stop the run after this long")
 	return cfg, redis, timeout
 }
@@ -113,7 +119,7 @@ func (c *tryConfig) finish() error {
 		c.limit.Algorithm = luarate.GCRA
 	}
 	if err := c.limit.Validate(); err != nil {
-		return usageError{fmt.Errorf("try: %v", err)}
+		return usageError{fmt.Errorf("try: %v", strings.TrimPrefix(err.Error(), "luarate: "))}
 	}
 	if c.n < 1 || c.n > 1_000_000 {
 		return usageError{fmt.Errorf("try: -n must be from 1 to 1000000, got %d", c.n)}
