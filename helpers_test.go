@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -22,54 +21,7 @@ var (
 	realStarted bool // we started it, so we may inspect every key in it
 )
 
-func TestMain(m *testing.M) {
-	addr, stop, err := redistest.Real()
-	switch {
-	case err == nil:
-		realAddr, realStarted = addr, os.Getenv("REDIS_ADDR") == ""
-	case os.Getenv("CI") != "":
-		fmt.Fprintln(os.Stderr, "CI needs real Redis tests, but:", err)
-		os.Exit(1)
-	default:
-		fmt.Fprintln(os.Stderr, "WARNING: real-Redis tests will SKIP:", err)
-	}
-	code := m.Run()
-	if realStarted {
-		if err := checkEveryKeyExpires(realAddr); err != nil {
-			fmt.Fprintln(os.Stderr, "FAIL:", err)
-			code = 1
-		}
-	}
-	if stop != nil {
-		stop()
-	}
-	os.Exit(code)
-}
-
-// checkEveryKeyExpires is the memory promise: no key a script wrote outlives
-// its state. Tests that plant keys of their own delete them.
-func checkEveryKeyExpires(addr string) error {
-	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, DisableCache: true, ForceSingleClient: true})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	ctx := context.Background()
-	keys, err := c.Do(ctx, c.B().Keys().Pattern("*").Build()).AsStrSlice()
-	if err != nil {
-		return err
-	}
-	var noTTL []string
-	for _, k := range keys {
-		if ttl, _ := c.Do(ctx, c.B().Pttl().Key(k).Build()).AsInt64(); ttl == -1 {
-			noTTL = append(noTTL, k)
-		}
-	}
-	if len(noTTL) > 0 {
-		return fmt.Errorf("%d of %d keys left without a TTL: %q", len(noTTL), len(keys), noTTL[:min(len(noTTL), 5)])
-	}
-	return nil
-}
+func TestMain(m *testing.M) { os.Exit(redistest.Main(m, &realAddr, &realStarted)) }
 
 // backend is one Redis a test runs against.
 type backend struct {

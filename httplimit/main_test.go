@@ -3,7 +3,6 @@ package httplimit_test
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -17,23 +16,7 @@ import (
 // when there is none (then those tests skip loudly, and CI fails instead).
 var realAddr string
 
-func TestMain(m *testing.M) {
-	addr, stop, err := redistest.Real()
-	switch {
-	case err == nil:
-		realAddr = addr
-	case os.Getenv("CI") != "":
-		fmt.Fprintln(os.Stderr, "CI needs real Redis tests, but:", err)
-		os.Exit(1)
-	default:
-		fmt.Fprintln(os.Stderr, "WARNING: real-Redis tests will SKIP:", err)
-	}
-	code := m.Run()
-	if stop != nil {
-		stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(redistest.Main(m, &realAddr, new(bool))) }
 
 // eachBackend runs f on miniredis and on real Redis, with a client and a
 // key prefix of its own.

@@ -24,23 +24,7 @@ import (
 // realAddr is a real Redis the command also runs against; under CI it must exist.
 var realAddr string
 
-func TestMain(m *testing.M) {
-	addr, stop, err := redistest.Real()
-	switch {
-	case err == nil:
-		realAddr = addr
-	case os.Getenv("CI") != "":
-		fmt.Fprintln(os.Stderr, "CI needs real Redis tests, but:", err)
-		os.Exit(1)
-	default:
-		fmt.Fprintln(os.Stderr, "WARNING: real-Redis tests will SKIP:", err)
-	}
-	code := m.Run()
-	if stop != nil {
-		stop()
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(redistest.Main(m, &realAddr, new(bool))) }
 
 func needReal(t *testing.T) {
 	if realAddr == "" {
