@@ -75,6 +75,8 @@ const DefaultInsuranceRetry = time.Second
 //     returns nil; the key in Redis, if it survives the outage, is not reset.
 //   - A call whose cost exceeds this process's share of a limit cannot be
 //     decided alone: it gets the ErrUnavailable error, as without insurance.
+//     So does a call whose scaled limit a script refuses (only extreme
+//     limits, near Validate's bounds, can get there by rounding).
 //   - The insurance uses the decision clock (WithClock's, else this
 //     machine's), not the Redis server's.
 //

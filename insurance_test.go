@@ -306,7 +306,7 @@ func TestInsuranceMemoryBounded(t *testing.T) {
 	l, _, _ := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
 	main.Close()
 	ctx := context.Background()
-	for minute := 0; minute < 30; minute++ {
+	for minute := 0; minute < 10; minute++ {
 		for i := 0; i < 200; i++ {
 			res, err := l.Allow(ctx, "client"+strconv.Itoa(minute*200+i), PerSecond(GCRA, 10))
 			require.NoError(t, err)
@@ -460,4 +460,37 @@ func TestInsuranceRealRedis(t *testing.T) {
 	require.Equal(t, 1, logs.lines(logDown), logs.String())
 	require.Equal(t, 1, logs.lines(logUp), logs.String())
 	t.Log(strings.TrimSpace(logs.String()))
+}
+
+// TestInsuranceDenialsNotCached: a denial by the insurance is about this
+// process's share during the outage, so WithDenyCache does not keep it: once
+// Redis is back, the key is asked in Redis.
+func TestInsuranceDenialsNotCached(t *testing.T) {
+	main, client := redistest.Mini(t)
+	c := &clock{ms: 1_700_000_000_000}
+	wall := &wallClock{t: time.Unix(1_000_000, 0)}
+	l := New(client, WithClock(c.now), WithDenyCache(100), WithInsurance(Insurance{
+		Instances: 2, Logger: slog.New(slog.NewTextHandler(&logBuffer{}, nil)),
+	}))
+	defer l.Close()
+	l.insurance.wall = wall.now
+	limit := PerMinute(GCRA, 2) // a share of 1
+	ctx := context.Background()
+	main.Close()
+	for i, want := range []bool{true, false} {
+		res, err := l.Allow(ctx, "k", limit)
+		require.NoError(t, err)
+		require.True(t, res.Insured)
+		require.Equal(t, want, res.Allowed, "call %d", i+1)
+	}
+	require.NoError(t, main.Restart())
+	var res Result
+	for probes := 0; probes < 3 && (probes == 0 || res.Insured); probes++ {
+		wall.add(DefaultInsuranceRetry)
+		var err error
+		res, err = l.Allow(ctx, "k", limit)
+		require.NoError(t, err)
+	}
+	require.False(t, res.Insured)
+	require.True(t, res.Allowed, "answered from the insurance's denial")
 }
