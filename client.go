@@ -39,10 +39,11 @@ var ErrUnavailable = errors.New("redis unavailable")
 
 // Limiter makes rate-limit decisions in Redis. It is safe for concurrent use.
 type Limiter struct {
-	client rueidis.Client
-	prefix string
-	now    func() time.Time
-	denies *denyCache // nil unless WithDenyCache
+	client    rueidis.Client
+	prefix    string
+	now       func() time.Time
+	denies    *denyCache // nil unless WithDenyCache
+	insurance *insurance // nil unless WithInsurance
 }
 
 // Option configures a Limiter.
@@ -117,12 +118,13 @@ func (l *Limiter) AllowMulti(ctx context.Context, key string, n int, limits ...L
 			return res, nil
 		}
 	}
-	reply, err := script.lua.Exec(ctx, l.client, keys, args).ToMessage()
+	reply, insured, err := l.exec(ctx, script, keys, args) // Redis, or WithInsurance's fallback
 	if err != nil {
-		return Result{}, redisError(script.Name+" script", err)
+		return Result{}, err
 	}
 	res, err := parseResult(reply)
-	if err == nil && l.denies != nil && n > 0 && !res.Allowed {
+	res.Insured = insured
+	if err == nil && l.denies != nil && n > 0 && !res.Allowed && !insured {
 		l.denies.remember(keys[0], limits, n, sent, res)
 	}
 	return res, err
@@ -137,10 +139,7 @@ func (l *Limiter) Reset(ctx context.Context, key string, limit Limit) error {
 	if l.denies != nil {
 		l.denies.forget(keys[0])
 	}
-	if err := l.client.Do(ctx, l.client.B().Del().Key(keys...).Build()).Error(); err != nil {
-		return redisError("luarate: reset", err)
-	}
-	return nil
+	return l.del(ctx, keys) // in Redis, and in WithInsurance's fallback
 }
 
 // redisError wraps an error of the Redis client, adding ErrUnavailable when

@@ -32,6 +32,10 @@ type Result struct {
 	// Delay is how long an admitted request must wait before it proceeds. Only
 	// queueing algorithms set it; it is 0 for the others.
 	Delay time.Duration
+	// Insured is true when Redis was unavailable and the Limiter's insurance
+	// decided instead, against this process's share of the limit (see
+	// WithInsurance); Limit is then the share.
+	Insured bool
 }
 
 // replyLen is the number of integers in every script's reply:

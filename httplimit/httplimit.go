@@ -23,6 +23,15 @@
 // and passed to the observer, never swallowed. WithFailClosed answers 503
 // instead. A bad limit or a key function's error is a bug in the setup, not an
 // outage: those get 500 under either policy.
+//
+// The third policy lives in the Limiter, so every caller of it gets it:
+// with luarate.WithInsurance, a Redis failure or timeout is decided on an
+// in-process copy of the scripts against this instance's share of the limit.
+// The middleware then neither fails open nor closed: it answers as usual
+// (200, or 429 with the share in X-RateLimit-Limit), the Limiter logs each
+// switch once, and the observer sees Outcome Allowed or Denied with
+// Decision.Result.Insured set. Only a call the insurance cannot decide
+// either (for example after Limiter.Close) falls back to fail open or closed.
 package httplimit
 
 import (
@@ -50,8 +59,8 @@ type Outcome string
 
 // The outcomes an observer sees.
 const (
-	Allowed      Outcome = "allowed"       // Redis admitted it; the next handler ran
-	Denied       Outcome = "denied"        // Redis denied it; 429
+	Allowed      Outcome = "allowed"       // admitted (by Redis, or by the insurance if Result.Insured); the next handler ran
+	Denied       Outcome = "denied"        // denied (by Redis, or by the insurance if Result.Insured); 429
 	FailedOpen   Outcome = "failed_open"   // Redis failed; served anyway
 	FailedClosed Outcome = "failed_closed" // Redis failed; 503
 	Error        Outcome = "error"         // bad key or limit; 500
@@ -62,7 +71,7 @@ type Decision struct {
 	Request *http.Request
 	Key     string         // the client key (before the scope is added)
 	Limit   luarate.Limit  // the limit applied
-	Result  luarate.Result // the script's answer; zero when Err is set
+	Result  luarate.Result // the script's answer (Result.Insured: the Limiter's insurance gave it); zero when Err is set
 	Latency time.Duration  // time spent asking Redis
 	Outcome Outcome
 	Err     error // why Redis could not decide, or what was wrong with key or limit

@@ -270,6 +270,48 @@ func TestRedisStoppedFailOpenAndClosed(t *testing.T) {
 	}
 }
 
+// With a Limiter that has insurance, a stopped Redis is neither fail open
+// nor fail closed: requests get this instance's share of the limit (10/2 = 5)
+// with honest headers, and the observer sees each decision as insured.
+func TestRedisStoppedInsurance(t *testing.T) {
+	for _, b := range stoppedBackends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			now := time.UnixMilli(1_700_000_000_000)
+			l := luarate.New(b.stop(t), luarate.WithClock(func() time.Time { return now }),
+				luarate.WithInsurance(luarate.Insurance{Instances: 2, Logger: slog.New(slog.NewTextHandler(&logs, nil))}))
+			defer l.Close()
+			var obs recorder
+			h := httplimit.Middleware(l, luarate.PerSecond(luarate.GCRA, 10), httplimit.WithObserver(obs.observe),
+				httplimit.WithFailClosed(), httplimit.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))),
+				httplimit.WithTimeout(2*time.Second))(ok)
+			for i := 1; i <= 6; i++ {
+				w := get(h, "192.0.2.1:1")
+				d := obs.last(t)
+				require.NoError(t, d.Err)
+				assert.True(t, d.Result.Insured)
+				assert.Equal(t, "5", w.Header().Get("X-RateLimit-Limit"), "the share applied")
+				if i <= 5 {
+					assert.Equal(t, 200, w.Code, "request %d", i)
+					assert.Equal(t, httplimit.Allowed, d.Outcome)
+					assert.Equal(t, strconv.Itoa(5-i), w.Header().Get("X-RateLimit-Remaining"))
+				} else {
+					assert.Equal(t, 429, w.Code)
+					assert.Equal(t, httplimit.Denied, d.Outcome)
+					assert.Equal(t, "1", w.Header().Get("Retry-After"))
+				}
+			}
+			assert.Equal(t, 1, strings.Count(logs.String(), "deciding on the in-process insurance"), logs.String())
+			assert.NotContains(t, logs.String(), "level=ERROR", "an insured decision is not a failure")
+
+			// after Close the insurance cannot decide: the middleware's own policy applies
+			l.Close()
+			assert.Equal(t, 503, get(h, "192.0.2.1:1").Code)
+			assert.Equal(t, httplimit.FailedClosed, obs.last(t).Outcome)
+		})
+	}
+}
+
 func TestDecisionTimeout(t *testing.T) {
 	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
 		var obs recorder

@@ -20,6 +20,10 @@ func (s *Server) Restart() error {
 	return waitReady(s.Addr, 5*time.Second)
 }
 
+// Kill stops the server (SIGKILL) but keeps its port and flags, so a later
+// Restart brings it back: an outage of any length.
+func (s *Server) Kill() { s.kill() }
+
 // Pause freezes the server process (SIGSTOP): connections stay open but
 // nothing is answered, like a server stuck in a long command or a swap storm.
 func (s *Server) Pause() error { return s.cmd.Process.Signal(syscall.SIGSTOP) }

@@ -1,0 +1,496 @@
+package luarate
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2/server"
+	"github.com/luarate/luarate/internal/redistest"
+	"github.com/stretchr/testify/require"
+)
+
+// logBuffer collects log lines from any goroutine.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// lines counts the log lines containing s.
+func (b *logBuffer) lines(s string) int { return strings.Count(b.String(), s) }
+
+const (
+	logDown = "Redis unavailable, deciding on the in-process insurance"
+	logUp   = "Redis is back, deciding in Redis again"
+)
+
+// wallClock is a settable clock for the insurance's Retry.
+type wallClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (w *wallClock) now() time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.t
+}
+
+func (w *wallClock) add(d time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.t = w.t.Add(d)
+}
+
+// insuredLimiter returns a Limiter with insurance for instances processes,
+// whose scripts see c and whose Retry runs on the returned wall clock.
+func insuredLimiter(t *testing.T, b backend, c *clock, instances int) (*Limiter, *wallClock, *logBuffer) {
+	t.Helper()
+	logs := &logBuffer{}
+	l := New(b.client, WithPrefix(b.prefix), WithClock(c.now), WithInsurance(Insurance{
+		Instances: instances,
+		Logger:    slog.New(slog.NewTextHandler(logs, nil)),
+	}))
+	t.Cleanup(l.Close)
+	wall := &wallClock{t: time.Unix(1_000_000, 0)}
+	l.insurance.wall = wall.now
+	return l, wall, logs
+}
+
+// embeddedKeys returns the keys held by l's insurance server (none if it was
+// never started).
+func embeddedKeys(l *Limiter) []string {
+	l.insurance.mu.Lock()
+	defer l.insurance.mu.Unlock()
+	var keys []string
+	for _, e := range l.insurance.shards {
+		keys = append(keys, e.mini.Keys()...)
+	}
+	return keys
+}
+
+func TestShareArgs(t *testing.T) {
+	cases := []struct {
+		name      string
+		args      []string
+		nlimits   int
+		instances int
+		want      []string
+		err       string
+	}{
+		{"window, burst 0 stays 0", []string{"100", "1000", "0", "1"}, 1, 4, []string{"25", "1000", "0", "1"}, ""},
+		{"burst equal to rate stays equal", []string{"10", "1000", "10", "1"}, 1, 3, []string{"3", "1000", "3", "1"}, ""},
+		{"bucket: rate and burst each divided", []string{"10", "1000", "50", "5"}, 1, 4, []string{"2", "1000", "12", "5"}, ""},
+		{"rounded down, at least 1", []string{"3", "60000", "0", "1"}, 1, 4, []string{"1", "60000", "0", "1"}, ""},
+		{"several limits, now_ms kept", []string{"10", "1000", "0", "1000", "3600000", "0", "1", "1700000000000"}, 2, 4,
+			[]string{"2", "1000", "0", "250", "3600000", "0", "1", "1700000000000"}, ""},
+		{"one instance: unchanged", []string{"10", "1000", "50", "50"}, 1, 1, []string{"10", "1000", "50", "50"}, ""},
+		{"cost above the share", []string{"100", "1000", "0", "30"}, 1, 4, nil, "cost 30 exceeds this process's share 25 of limit 1"},
+		{"cost above the share of the second limit", []string{"100", "1000", "0", "8", "60000", "0", "3"}, 2, 4, nil, "share 2 of limit 2"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			orig := append([]string(nil), tc.args...)
+			got, err := shareArgs(tc.args, tc.nlimits, tc.instances)
+			if tc.err != "" {
+				require.ErrorContains(t, err, tc.err)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tc.want, got)
+			require.Equal(t, orig, tc.args, "the caller's ARGV must not change")
+		})
+	}
+}
+
+func TestWithInsuranceValidates(t *testing.T) {
+	require.PanicsWithValue(t, "luarate: WithInsurance: Instances must be at least 1, got 0", func() { WithInsurance(Insurance{}) })
+	require.PanicsWithValue(t, "luarate: WithInsurance: Instances must be at least 1, got -2", func() { WithInsurance(Insurance{Instances: -2}) })
+	require.PanicsWithValue(t, "luarate: WithInsurance: Retry must not be negative, got -1s", func() { WithInsurance(Insurance{Instances: 2, Retry: -time.Second}) })
+	l := New(nil, WithInsurance(Insurance{Instances: 2}))
+	require.Equal(t, DefaultInsuranceRetry, l.insurance.config.Retry)
+	require.NotNil(t, l.insurance.config.Logger)
+	l.Close()
+	l.Close()        // twice is fine
+	New(nil).Close() // and without insurance
+}
+
+// TestInsuranceOutage: with the main Redis (a miniredis here) closed, every
+// algorithm keeps deciding, on the insurance, against a quarter of the limit:
+// exact counts at explicit times, no error. Until Retry has passed Redis is
+// not tried again; then the next call finds it back and decisions return to
+// it. Each switch is logged once.
+func TestInsuranceOutage(t *testing.T) {
+	for _, algo := range everyAlgorithm() {
+		t.Run(algo.String(), func(t *testing.T) {
+			main, client := redistest.Mini(t)
+			c := &clock{ms: 1_700_000_000_000}
+			l, wall, logs := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 4)
+			limit := PerSecond(algo, 20) // a share of 5 per process
+			ctx := context.Background()
+
+			res, err := l.Allow(ctx, "before", limit)
+			require.NoError(t, err)
+			require.False(t, res.Insured)
+			require.EqualValues(t, 20, res.Limit)
+			require.Nil(t, embeddedKeys(l), "the insurance starts at the first failure, not before")
+
+			main.Close()
+			for round := 0; round < 2; round++ {
+				for i := 1; i <= 7; i++ {
+					res, err := l.Allow(ctx, "k", limit)
+					require.NoError(t, err, "round %d call %d", round, i)
+					require.True(t, res.Insured)
+					require.EqualValues(t, 5, res.Limit, "the share is the limit reported")
+					require.Equal(t, i <= 5, res.Allowed, "round %d call %d", round, i)
+					if !res.Allowed {
+						require.Positive(t, res.RetryAfter)
+					}
+				}
+				c.add(2 * time.Second) // two periods: full again under every algorithm
+			}
+			require.Equal(t, 1, logs.lines(logDown), logs.String())
+
+			// back, but Retry has not passed: still the insurance, Redis untouched
+			require.NoError(t, main.Restart())
+			before := main.CommandCount()
+			res, err = l.Allow(ctx, "k", limit)
+			require.NoError(t, err)
+			require.True(t, res.Insured)
+			require.Equal(t, before, main.CommandCount(), "Redis was tried during the cool-down")
+
+			probes := 0
+			for res.Insured && probes < 3 { // the first probe may meet the dead connection
+				wall.add(DefaultInsuranceRetry)
+				probes++
+				res, err = l.Allow(ctx, "k", limit)
+				require.NoError(t, err)
+			}
+			require.False(t, res.Insured, "Redis is back")
+			require.True(t, res.Allowed)
+			require.EqualValues(t, 20, res.Limit)
+			require.Empty(t, embeddedKeys(l), "the insurance forgets the outage")
+			require.Equal(t, 1, logs.lines(logDown), logs.String())
+			require.Equal(t, 1, logs.lines(logUp), logs.String())
+			require.Contains(t, logs.String(), "insured_decisions="+strconv.Itoa(14+probes))
+		})
+	}
+}
+
+// TestInsuranceProbe: while Redis stays unavailable (answering LOADING
+// here), one call per Retry tries it; the others do not, and nothing is
+// logged again.
+func TestInsuranceProbe(t *testing.T) {
+	main, client := redistest.Mini(t)
+	c := &clock{ms: 1_700_000_000_000}
+	l, wall, logs := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
+	var tries atomic.Int64
+	main.Server().SetPreHook(func(p *server.Peer, cmd string, _ ...string) bool {
+		if cmd != "EVALSHA" && cmd != "EVAL" {
+			return false
+		}
+		tries.Add(1)
+		p.WriteError("LOADING Redis is loading the dataset in memory")
+		return true
+	})
+	ctx := context.Background()
+	for i := 0; i < 50; i++ {
+		if i%10 == 9 {
+			wall.add(DefaultInsuranceRetry)
+		}
+		res, err := l.Allow(ctx, "k", PerSecond(GCRA, 1000))
+		require.NoError(t, err)
+		require.True(t, res.Insured)
+	}
+	require.EqualValues(t, 6, tries.Load(), "the first failure plus one probe per Retry")
+	require.Equal(t, 1, logs.lines(logDown))
+	require.Zero(t, logs.lines(logUp))
+	require.Contains(t, logs.String(), "LOADING")
+}
+
+// TestInsuranceSwitchGenerations: a slow call sent before Redis failed that
+// then succeeds does not end the outage, and a failure reported after the
+// outage ended does not start a new one; the probe does.
+func TestInsuranceSwitchGenerations(t *testing.T) {
+	logs := &logBuffer{}
+	ins := New(nil, WithInsurance(Insurance{Instances: 2, Logger: slog.New(slog.NewTextHandler(logs, nil))})).insurance
+	wall := &wallClock{t: time.Unix(1_000_000, 0)}
+	ins.wall = wall.now
+
+	slow, try := ins.route()
+	require.True(t, try)
+	failing, _ := ins.route()
+	ins.down(failing, errors.New("refused"))
+	require.True(t, ins.on.Load())
+	ins.up(slow) // answered, but was sent before the failure
+	require.True(t, ins.on.Load(), "a stale success ended the outage")
+
+	_, try = ins.route()
+	require.False(t, try, "tried Redis during the cool-down")
+	wall.add(DefaultInsuranceRetry)
+	probe, try := ins.route()
+	require.True(t, try)
+	_, try = ins.route()
+	require.False(t, try, "two probes at once")
+	ins.up(probe)
+	require.False(t, ins.on.Load())
+	ins.down(probe, errors.New("late failure of an old call"))
+	require.False(t, ins.on.Load(), "a stale failure started an outage")
+	require.Equal(t, 1, logs.lines(logDown))
+	require.Equal(t, 1, logs.lines(logUp))
+}
+
+// TestInsuranceMultiAndReset: AllowMulti on the insurance scales each limit
+// and stays all-or-nothing; Reset during the outage clears the insured state
+// and returns nil; a cost above the share is an ErrUnavailable error.
+func TestInsuranceMultiAndReset(t *testing.T) {
+	main, client := redistest.Mini(t)
+	c := &clock{ms: 1_700_000_000_000}
+	l, _, _ := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 4)
+	perSecond, perMinute := PerSecond(TokenBucket, 40), PerMinute(TokenBucket, 48) // shares 10 and 12
+	main.Close()
+	ctx := context.Background()
+
+	var got []string
+	for i := 0; i < 3; i++ {
+		res, err := l.AllowMulti(ctx, "tenant", 5, perSecond, perMinute)
+		require.NoError(t, err)
+		require.True(t, res.Insured)
+		got = append(got, strconv.FormatBool(res.Allowed)+"/"+strconv.FormatInt(res.Limit, 10)+"/"+strconv.FormatInt(res.Remaining, 10))
+	}
+	// 5+5 fill the per-second share of 10; the third is denied by both
+	// limits, and the reply reports the longer wait: the per-minute share
+	// (12, 2 left).
+	require.Equal(t, []string{"true/10/5", "true/10/0", "false/12/2"}, got)
+	c.add(time.Second)
+	res, err := l.AllowMulti(ctx, "tenant", 5, perSecond, perMinute)
+	require.NoError(t, err)
+	require.False(t, res.Allowed, "the per-minute share has 2 left")
+	require.EqualValues(t, 12, res.Limit)
+
+	require.NoError(t, l.Reset(ctx, "tenant", perMinute), "Reset during an outage")
+	res, err = l.AllowMulti(ctx, "tenant", 5, perSecond, perMinute)
+	require.NoError(t, err)
+	require.True(t, res.Allowed, "Reset cleared the insured per-minute state")
+
+	_, err = l.AllowN(ctx, "big", perSecond, 11) // fits the limit, not the share
+	require.ErrorIs(t, err, ErrUnavailable)
+	require.ErrorContains(t, err, "exceeds this process's share 10")
+}
+
+// TestInsuranceMemoryBounded: miniredis expires nothing by itself, so the
+// insurance ages its keys by the decision clock: a long outage over many keys
+// holds only the keys still alive, as real Redis would.
+func TestInsuranceMemoryBounded(t *testing.T) {
+	main, client := redistest.Mini(t)
+	c := &clock{ms: 1_700_000_000_000}
+	l, _, _ := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
+	main.Close()
+	ctx := context.Background()
+	for minute := 0; minute < 10; minute++ {
+		for i := 0; i < 200; i++ {
+			res, err := l.Allow(ctx, "client"+strconv.Itoa(minute*200+i), PerSecond(GCRA, 10))
+			require.NoError(t, err)
+			require.True(t, res.Insured)
+			require.True(t, res.Allowed)
+		}
+		require.LessOrEqual(t, len(embeddedKeys(l)), 400, "minute %d: keys pile up", minute)
+		c.add(time.Minute)
+	}
+	// GCRA state lives at most a period (1s) past the last call, plus one
+	// sweep interval
+	c.add(time.Second + sweepEvery)
+	_, err := l.Allow(ctx, "last", PerSecond(GCRA, 10))
+	require.NoError(t, err)
+	require.Len(t, embeddedKeys(l), 1)
+}
+
+// TestInsuranceCancelled: a context the caller cancelled says nothing about
+// Redis: the call returns its error and the Limiter does not switch.
+func TestInsuranceCancelled(t *testing.T) {
+	main, client := redistest.Mini(t)
+	c := &clock{ms: 1_700_000_000_000}
+	l, _, logs := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := l.Allow(ctx, "k", PerSecond(GCRA, 10))
+	require.ErrorIs(t, err, context.Canceled)
+	require.False(t, l.insurance.on.Load())
+	require.Zero(t, logs.lines(logDown))
+}
+
+// TestNoInsuranceStillUnavailable: without WithInsurance an outage is the
+// caller's ErrUnavailable error, as before.
+func TestNoInsuranceStillUnavailable(t *testing.T) {
+	main, client := redistest.Mini(t)
+	l := New(client)
+	main.Close()
+	res, err := l.Allow(context.Background(), "k", PerSecond(GCRA, 10))
+	require.ErrorIs(t, err, ErrUnavailable)
+	require.False(t, res.Insured)
+	require.Error(t, l.Reset(context.Background(), "k", PerSecond(GCRA, 10)))
+}
+
+// TestInsuranceClosed: after Close an outage is an ErrUnavailable error again.
+func TestInsuranceClosed(t *testing.T) {
+	main, client := redistest.Mini(t)
+	c := &clock{ms: 1_700_000_000_000}
+	l, _, _ := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
+	main.Close()
+	_, err := l.Allow(context.Background(), "k", PerSecond(GCRA, 10))
+	require.NoError(t, err)
+	l.Close()
+	_, err = l.Allow(context.Background(), "k", PerSecond(GCRA, 10))
+	require.ErrorIs(t, err, ErrUnavailable)
+	require.ErrorContains(t, err, "limiter closed")
+}
+
+// TestInsuranceRealRedis stops a real redis-server in the middle of
+// concurrent traffic: no call sees an error, decisions continue on the
+// insurance with a third of the limit (exact counts at a fixed time), and
+// once the server is restarted and Retry has passed they go back to Redis;
+// both switches are logged once.
+func TestInsuranceRealRedis(t *testing.T) {
+	s, client := ownServer(t)
+	c := &clock{ms: 1_700_000_000_000}
+	l, wall, logs := insuredLimiter(t, backend{client: client, prefix: uniquePrefix()}, c, 3)
+	limit := PerMinute(GCRA, 30) // a share of 10 per process
+
+	var wg sync.WaitGroup
+	var calls, insured atomic.Int64
+	stop := make(chan struct{})
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 100_000; i++ { // bounded; stopped long before
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				res, err := l.Allow(ctx, "traffic"+strconv.Itoa(w)+":"+strconv.Itoa(i%20), limit)
+				cancel()
+				if err != nil {
+					t.Errorf("call during the outage: %v", err)
+					return
+				}
+				calls.Add(1)
+				if res.Insured {
+					insured.Add(1)
+				}
+			}
+		}()
+	}
+	waitCalls := func(n int64) {
+		for deadline := time.Now().Add(10 * time.Second); calls.Load() < n && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitCalls(500)
+	s.Kill()
+	before := calls.Load()
+	waitCalls(before + 2000)
+	close(stop)
+	wg.Wait()
+	t.Logf("%d calls, %d on the insurance", calls.Load(), insured.Load())
+	require.Positive(t, insured.Load())
+	require.True(t, l.insurance.on.Load())
+
+	// a fresh key during the outage: exactly the share of 10, from many goroutines
+	var allowed, denied atomic.Int64
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 10; i++ {
+				res, err := l.Allow(context.Background(), "fresh", limit)
+				if err != nil || !res.Insured || res.Limit != 10 {
+					t.Errorf("outage decision: %+v, %v", res, err)
+					return
+				}
+				if res.Allowed {
+					allowed.Add(1)
+				} else {
+					denied.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	require.EqualValues(t, 10, allowed.Load())
+	require.EqualValues(t, 30, denied.Load())
+
+	require.NoError(t, s.Restart())
+	wall.add(DefaultInsuranceRetry)
+	var res Result
+	var err error
+	for attempt := 0; attempt < 5; attempt++ { // the first calls may meet the dead connection
+		res, err = l.Allow(context.Background(), "fresh", limit)
+		require.NoError(t, err)
+		if !res.Insured {
+			break
+		}
+		wall.add(DefaultInsuranceRetry)
+	}
+	require.False(t, res.Insured, "decisions did not go back to Redis")
+	require.True(t, res.Allowed, "the restarted Redis has no state for the key")
+	require.EqualValues(t, 30, res.Limit)
+	require.Empty(t, embeddedKeys(l))
+	require.Equal(t, 1, logs.lines(logDown), logs.String())
+	require.Equal(t, 1, logs.lines(logUp), logs.String())
+	t.Log(strings.TrimSpace(logs.String()))
+}
+
+// TestInsuranceDenialsNotCached: a denial by the insurance is about this
+// process's share during the outage, so WithDenyCache does not keep it: once
+// Redis is back, the key is asked in Redis.
+func TestInsuranceDenialsNotCached(t *testing.T) {
+	main, client := redistest.Mini(t)
+	c := &clock{ms: 1_700_000_000_000}
+	wall := &wallClock{t: time.Unix(1_000_000, 0)}
+	l := New(client, WithClock(c.now), WithDenyCache(100), WithInsurance(Insurance{
+		Instances: 2, Logger: slog.New(slog.NewTextHandler(&logBuffer{}, nil)),
+	}))
+	defer l.Close()
+	l.insurance.wall = wall.now
+	limit := PerMinute(GCRA, 2) // a share of 1
+	ctx := context.Background()
+	main.Close()
+	for i, want := range []bool{true, false} {
+		res, err := l.Allow(ctx, "k", limit)
+		require.NoError(t, err)
+		require.True(t, res.Insured)
+		require.Equal(t, want, res.Allowed, "call %d", i+1)
+	}
+	require.NoError(t, main.Restart())
+	var res Result
+	for probes := 0; probes < 3 && (probes == 0 || res.Insured); probes++ {
+		wall.add(DefaultInsuranceRetry)
+		var err error
+		res, err = l.Allow(ctx, "k", limit)
+		require.NoError(t, err)
+	}
+	require.False(t, res.Insured)
+	require.True(t, res.Allowed, "answered from the insurance's denial")
+}
