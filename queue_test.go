@@ -136,3 +136,66 @@ func TestWait(t *testing.T) {
 		require.Equal(t, Result{Allowed: true, Limit: 1, Remaining: 0, ResetAfter: time.Second}, res)
 	})
 }
+
+// TestLeakyQueueMultiDepartures: with several queue limits in one call the
+// request waits for its slot in every queue, and the departures then respect
+// every limit's rate at once (the slowest schedule leads), as the header
+// claims. Time only moves forward here.
+func TestLeakyQueueMultiDepartures(t *testing.T) {
+	t.Parallel()
+	sets := [][]Limit{
+		{{Algorithm: LeakyQueue, Rate: 10, Period: time.Second, Burst: 5}, {Algorithm: LeakyQueue, Rate: 30, Period: 10 * time.Second, Burst: 4}},
+		{{Algorithm: LeakyQueue, Rate: 7, Period: 3 * time.Second, Burst: 2}, {Algorithm: LeakyQueue, Rate: 3, Period: time.Second, Burst: 9}},
+		{{Algorithm: LeakyQueue, Rate: 5, Period: 7 * time.Millisecond}, {Algorithm: LeakyQueue, Rate: 11, Period: 13 * time.Millisecond, Burst: 3},
+			{Algorithm: LeakyQueue, Rate: 2, Period: 3 * time.Millisecond, Burst: 6}},
+	}
+	eachBackend(t, func(t *testing.T, b backend) {
+		seed := time.Now().UnixNano()
+		r := rand.New(rand.NewSource(seed))
+		defer func() {
+			if t.Failed() {
+				t.Logf("seed %d", seed)
+			}
+		}()
+		ctx := context.Background()
+		for si, limits := range sets {
+			c := &clock{ms: 1_700_000_000_000}
+			l := b.limiter(c)
+			capa := limits[0].Capacity()
+			longest := time.Duration(0) // the longest interval Period/Rate
+			for _, lim := range limits {
+				capa = min(capa, lim.Capacity())
+				longest = max(longest, lim.Period/time.Duration(lim.Rate))
+			}
+			type departure struct{ at, cost int64 }
+			var deps []departure
+			for range 80 * fuzzScale() {
+				if r.Intn(3) > 0 {
+					c.add(time.Duration(r.Int63n(int64(2*longest)/int64(time.Millisecond)+1)) * time.Millisecond)
+				}
+				n := 1 + r.Intn(capa)
+				res, err := l.AllowMulti(ctx, "multi"+itoa(int64(si)), n, limits...)
+				require.NoError(t, err)
+				if res.Allowed {
+					deps = append(deps, departure{c.ms + res.Delay.Milliseconds(), int64(n)})
+				}
+			}
+			require.NotEmpty(t, deps)
+			for _, lim := range limits {
+				p, rate := lim.Period.Milliseconds(), int64(lim.Rate)
+				for i := range deps {
+					var cost int64
+					for j := i + 1; j < len(deps); j++ {
+						cost += deps[j-1].cost
+						require.GreaterOrEqual(t, deps[j].at, deps[i].at, "departure %d before %d", j, i)
+						require.Less(t, cost*p, (deps[j].at-deps[i].at+1)*rate,
+							"%v: cost %d left from %d to before %d: faster than its rate", lim, cost, deps[i].at, deps[j].at)
+					}
+				}
+			}
+			for _, lim := range limits {
+				require.NoError(t, l.Reset(ctx, "multi"+itoa(int64(si)), lim))
+			}
+		}
+	})
+}
