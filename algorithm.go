@@ -15,6 +15,12 @@ package luarate
 //     close to exact for even traffic, at most 2x Rate in the worst case.
 //   - LeakyBucket: a meter that leaks Rate per Period and denies what would
 //     overflow Burst (policing); admits what TokenBucket admits.
+//   - LeakyQueue: the same bucket as a queue (shaping), as nginx limit_req
+//     without nodelay: admitted requests leave one every Period/Rate, so an
+//     admitted request may have to wait Result.Delay first (see Wait); what
+//     would overflow the Burst places of the queue is denied.
+//
+// Concurrency (requests in flight) is not an Algorithm: see Acquire.
 type Algorithm int
 
 // The algorithms. The zero value is not an algorithm, so a Limit must name one.
@@ -25,6 +31,7 @@ const (
 	SlidingWindowLog
 	SlidingWindowCounter
 	LeakyBucket
+	LeakyQueue
 )
 
 // scriptNames maps each Algorithm to its script, scripts/<name>.lua.
@@ -35,6 +42,7 @@ var scriptNames = [...]string{
 	SlidingWindowLog:     "sliding_window_log",
 	SlidingWindowCounter: "sliding_window_counter",
 	LeakyBucket:          "leaky_bucket",
+	LeakyQueue:           "leaky_queue",
 }
 
 // String returns the name of the algorithm's script, e.g. "token_bucket".

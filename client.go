@@ -8,10 +8,12 @@
 //
 // A Limit is Rate per Period with a Burst capacity, counted by an Algorithm
 // (FixedWindow, SlidingWindowLog, SlidingWindowCounter, TokenBucket,
-// LeakyBucket, GCRA; see Algorithm for how to choose). Allow consumes one unit, AllowN n units,
+// LeakyBucket, GCRA, LeakyQueue; see Algorithm for how to choose). Allow consumes one unit, AllowN n units,
 // Peek reads without consuming, and AllowMulti checks several limits of one
-// key (10/s and 1000/h) all-or-nothing. Being limited is a Result, not an
-// error; errors mean bad input or an unreachable Redis.
+// key (10/s and 1000/h) all-or-nothing. Wait takes a place in a LeakyQueue
+// and sleeps until its turn. Acquire limits requests in flight instead: at
+// most max leases of a key at once, each released or expiring. Being limited
+// is a Result, not an error; errors mean bad input or an unreachable Redis.
 //
 // Time comes from the Redis server's clock, so app servers with skewed clocks
 // agree; WithClock passes the caller's instead (tests, replay).

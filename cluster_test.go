@@ -142,6 +142,31 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("concurrency leases over many slots", func(t *testing.T) {
+		// not an Algorithm, so decide does not cover it: one key per slot
+		// for 512 slots, 2 leases each, the third denied, all released
+		keys := keyPerSlot()
+		l := New(client, WithPrefix(uniquePrefix()), WithClock(func() time.Time { return time.UnixMilli(1_700_000_000_250) }))
+		ctx := context.Background()
+		for _, k := range keys[:512] {
+			var held []*Lease
+			for i := range 3 {
+				lease, res, err := l.Acquire(ctx, k, 2, time.Minute)
+				require.NoError(t, err, k)
+				require.Equal(t, i < 2, res.Allowed, "%q lease %d", k, i+1)
+				if lease != nil {
+					held = append(held, lease)
+				}
+			}
+			for _, lease := range held {
+				require.NoError(t, lease.Release(ctx))
+			}
+			res, err := l.PeekConcurrency(ctx, k, 2)
+			require.NoError(t, err)
+			require.Equal(t, int64(2), res.Remaining, k)
+		}
+	})
+
 	t.Run("reshard a hot slot under traffic", func(t *testing.T) {
 		hot := "hot:{reshard}"
 		slot := redistest.Slot("{" + escapeBraces(hot) + "}")

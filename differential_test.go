@@ -27,7 +27,7 @@ import (
 var seedFlag = flag.Int64("seed", 0, "replay one differential sequence by its seed")
 
 // limiterScripts are the scripts the models cover.
-var limiterScripts = []string{"fixed_window", "token_bucket", "gcra", "sliding_window_log", "sliding_window_counter", "leaky_bucket"}
+var limiterScripts = []string{"fixed_window", "token_bucket", "gcra", "sliding_window_log", "sliding_window_counter", "leaky_bucket", "leaky_queue"}
 
 func fuzzScale() int {
 	if k, err := strconv.Atoi(os.Getenv("LUARATE_FUZZ")); err == nil && k > 0 {

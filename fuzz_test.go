@@ -95,11 +95,15 @@ func FuzzLimitValidate(f *testing.F) {
 	})
 }
 
-var plainDecimal = regexp.MustCompile(`^[0-9]+$`)
+var (
+	plainDecimal = regexp.MustCompile(`^[0-9]+$`)
+	leaseID      = regexp.MustCompile(`^([A-Za-z0-9_.:-]{1,64})?$`) // empty only for peek
+)
 
 // FuzzScriptArgs sends arbitrary strings as ARGV to every script: each call
 // gets a well-formed reply or one "ERR luarate:" line, never a Lua runtime
-// error, and numbers are accepted only as plain decimal integers.
+// error, and numbers are accepted only as plain decimal integers (and the
+// concurrency script's op and lease_id only as documented).
 func FuzzScriptArgs(f *testing.F) {
 	names := make([]string, 0, len(scripts))
 	for _, s := range Scripts() {
@@ -111,6 +115,7 @@ func FuzzScriptArgs(f *testing.F) {
 	})
 	for _, h := range hostileNumbers {
 		f.Add("gcra", "10", "1000", "0", h, "")
+		f.Add("concurrency", "acquire", "3", "1000", h, "")
 	}
 	b := fuzzBackend(f)
 	var seq atomic.Int64
@@ -125,7 +130,13 @@ func FuzzScriptArgs(f *testing.F) {
 			return
 		}
 		require.NoError(t, b.client.Do(t.Context(), b.client.B().Del().Key(b.prefix+key).Build()).Error())
-		for i, s := range []string{rate, period, burst, cost} {
+		numbers := []string{rate, period, burst, cost}
+		if script == "concurrency" { // op, max, lease_ms, lease_id
+			require.Contains(t, []string{"acquire", "release", "extend", "peek"}, rate, "op accepted")
+			require.Regexp(t, leaseID, burst, "lease_id accepted")
+			numbers = numbers[1:3]
+		}
+		for i, s := range numbers {
 			require.Regexp(t, plainDecimal, s, "argument %d accepted", i+1)
 		}
 		require.True(t, now == "" || plainDecimal.MatchString(now), "now_ms %q accepted", now)

@@ -88,7 +88,7 @@ func (l Limit) Validate() error {
 		if float64(l.Rate)*float64(ms) > 9e15 {
 			return bad("sliding_window_counter needs rate * period in ms at most 9e15")
 		}
-	case TokenBucket, LeakyBucket:
+	case TokenBucket, LeakyBucket, LeakyQueue:
 		if float64(l.Capacity())*float64(ms/gcd(int64(l.Rate), ms)) > 4e15 {
 			return bad("burst * period / gcd(rate, period in ms) must be at most 4e15")
 		}

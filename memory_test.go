@@ -46,4 +46,28 @@ func TestMemoryUsage(t *testing.T) {
 		t.Log(line)
 	}
 	require.Greater(t, usage(SlidingWindowLog, 1000, 1000), 10*usage(SlidingWindowLog, 10, 10), "the log grows with its rate")
+
+	// the concurrency limiter holds one entry per lease held
+	leases := func(n int) int64 {
+		key := "leases" + itoa(int64(n))
+		var held []*Lease
+		for range n {
+			lease, res, err := l.Acquire(ctx, key, n, time.Minute)
+			require.NoError(t, err)
+			require.True(t, res.Allowed)
+			held = append(held, lease)
+		}
+		bytes, err := client.Do(ctx, client.B().MemoryUsage().Key(held[0].key).Samples(0).Build()).AsInt64()
+		require.NoError(t, err)
+		for _, lease := range held {
+			require.NoError(t, lease.Release(ctx))
+		}
+		return bytes
+	}
+	line := "concurrency:"
+	for _, n := range []int{1, 10, 100, 1000} {
+		line += " " + itoa(leases(n)) + " B with " + itoa(int64(n)) + " leases held;"
+	}
+	t.Log(line)
+	require.Greater(t, leases(1000), 10*leases(10), "one entry per lease")
 }

@@ -44,6 +44,8 @@ func newModel(algo string, p params) limitModel {
 		return &slidingCounterModel{p: p}
 	case "leaky_bucket":
 		return &leakyBucketModel{p: p}
+	case "leaky_queue":
+		return &leakyQueueModel{p: p}
 	}
 	panic("no model for " + algo)
 }
@@ -76,6 +78,11 @@ func (m *multiModel) decide(cost, now int64) (reply, []reply) {
 			(r[0] == 0 && (best[0] == 1 || r[4] > best[4])) ||
 			(r[0] == best[0] && r[0] == 1 && r[2] < best[2]) {
 			best = r
+		}
+	}
+	if best[0] == 1 && m.algo == "leaky_queue" {
+		for _, r := range each { // the request waits for its slot in every queue
+			best[5] = max(best[5], r[5])
 		}
 	}
 	if best[0] == 1 && cost > 0 {
@@ -331,4 +338,44 @@ func (m *leakyBucketModel) decide(cost, now int64) (reply, func()) {
 	}
 	return reply{0, m.p.capacity(), ratFloor(new(big.Rat).Sub(capa, level)), drainMS(level),
 		drainMS(new(big.Rat).Sub(after, capa)), 0}, nil
+}
+
+// ---- leaky queue (shaping): a schedule of departures. Admitted places leave
+// one every T = period/rate ms, in order of arrival; next is the exact time
+// the queue is empty (the next free departure). A request waits for the
+// places ahead of it; it fits if those plus its cost are at most burst.
+
+type leakyQueueModel struct {
+	p       params
+	next    *big.Rat // nil = never seen (empty)
+	updated int64    // the latest time a request was admitted: the queue is measured from there
+}
+
+func (m *leakyQueueModel) decide(cost, now int64) (reply, func()) {
+	t := big.NewRat(m.p.period, m.p.rate)
+	from := now // the queue does not drain before the latest admission
+	next := big.NewRat(now, 1)
+	if m.next != nil {
+		from = max(now, m.updated)
+		next = m.next
+	}
+	start := new(big.Rat).Set(next) // when the first place of this request leaves
+	if start.Cmp(big.NewRat(from, 1)) < 0 {
+		start = big.NewRat(from, 1)
+	}
+	ahead := new(big.Rat).Quo(new(big.Rat).Sub(start, big.NewRat(from, 1)), t) // places queued
+	free := new(big.Rat).Sub(big.NewRat(m.p.capacity(), 1), ahead)
+	if free.Sign() < 0 {
+		free = new(big.Rat)
+	}
+	msUntil := func(at *big.Rat) int64 { return ratCeil(new(big.Rat).Sub(at, big.NewRat(now, 1))) }
+	c := big.NewRat(cost, 1)
+	if c.Cmp(free) <= 0 {
+		end := new(big.Rat).Add(start, new(big.Rat).Mul(c, t))
+		return reply{1, m.p.capacity(), ratFloor(new(big.Rat).Sub(free, c)), msUntil(end), 0, msUntil(start)},
+			func() { m.next, m.updated = end, from }
+	}
+	// it fits once the queue has shrunk to burst - cost places
+	fitsAt := new(big.Rat).Sub(start, new(big.Rat).Mul(new(big.Rat).Sub(big.NewRat(m.p.capacity(), 1), c), t))
+	return reply{0, m.p.capacity(), ratFloor(free), msUntil(start), msUntil(fitsAt), 0}, nil
 }

@@ -28,7 +28,7 @@ func propertyLimits(algo Algorithm) []Limit {
 	return limits
 }
 
-var limiterAlgorithms = []Algorithm{FixedWindow, TokenBucket, GCRA, SlidingWindowLog, SlidingWindowCounter, LeakyBucket}
+var limiterAlgorithms = []Algorithm{FixedWindow, TokenBucket, GCRA, SlidingWindowLog, SlidingWindowCounter, LeakyBucket, LeakyQueue}
 
 // fullAfter is how long a key takes to be back to full after any traffic.
 func fullAfter(l Limit) int64 {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -140,6 +141,29 @@ func TestTry(t *testing.T) {
 	assert.Contains(t, out, "(+95 alike)")
 	assert.Contains(t, out, "100 requests: 3 allowed, 97 denied")
 	assert.Len(t, append(allowedRow.FindAllString(out, -1), deniedRow.FindAllString(out, -1)...), 3, "rows 1, 4 and 100")
+}
+
+// TestTryQueue: for the leaky queue the table adds each request's delay_ms.
+func TestTryQueue(t *testing.T) {
+	code, out, errOut := runLuarate(t, "try", "-algo", "leaky_queue", "-rate", "3", "-period", "1h", "-n", "4")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "retry_ms  delay_ms")
+	var delays []int64
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 7 && (f[2] == "yes" || f[2] == "no") {
+			d, err := strconv.ParseInt(f[6], 10, 64)
+			require.NoError(t, err, line)
+			delays = append(delays, d)
+		}
+	}
+	require.Len(t, delays, 4, out)
+	// one every 20 minutes, less the few ms the run took; the 4th is denied
+	assert.Equal(t, int64(0), delays[0])
+	assert.InDelta(t, 1_200_000, delays[1], 1000)
+	assert.InDelta(t, 2_400_000, delays[2], 1000)
+	assert.Equal(t, int64(0), delays[3])
+	assert.Contains(t, out, "4 requests: 3 allowed, 1 denied")
 }
 
 func TestTryRealRedisAndProgress(t *testing.T) {

@@ -27,6 +27,7 @@ Examples:
   luarate try                                   # 15 requests at 10/s GCRA
   luarate try -algo fixed_window -rate 5 -n 8
   luarate try -algo token_bucket -rate 2 -burst 5 -every 250ms -n 20
+  luarate try -algo leaky_queue -rate 10 -burst 4 -n 6   # adds delay_ms: each one's wait
   luarate try -n 100000 -redis 127.0.0.1:6379   # how many of 100k get through
 `
 
@@ -142,9 +143,18 @@ func (c *tryConfig) run(ctx context.Context, l *luarate.Limiter, where string, s
 	fmt.Fprintf(stdout, "%s, %d per %v, burst %d, cost %d, key %q, on %s\n\n",
 		lim.Algorithm, lim.Rate, lim.Period, lim.Capacity(), c.cost, c.key, where)
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "#\tat_ms\tallowed\tremaining\treset_ms\tretry_ms\t")
+	queued := lim.Algorithm == luarate.LeakyQueue // admitted requests wait delay_ms
+	header, alike := "#\tat_ms\tallowed\tremaining\treset_ms\tretry_ms\t", "(+%d alike)\t\t\t\t\t\t\n"
+	if queued {
+		header, alike = header+"delay_ms\t", "(+%d alike)\t\t\t\t\t\t\t\n"
+	}
+	fmt.Fprintln(tw, header)
 	row := func(i int, at time.Duration, r luarate.Result) {
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%d\t%d\t%d\t\n", i, at.Milliseconds(), yesNo(r.Allowed), r.Remaining, r.ResetAfter.Milliseconds(), r.RetryAfter.Milliseconds())
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%d\t%d\t%d\t", i, at.Milliseconds(), yesNo(r.Allowed), r.Remaining, r.ResetAfter.Milliseconds(), r.RetryAfter.Milliseconds())
+		if queued {
+			fmt.Fprintf(tw, "%d\t", r.Delay.Milliseconds())
+		}
+		fmt.Fprintln(tw)
 	}
 	fold := c.n > 40 && !c.all
 	progress := newProgress(stderr, c.n)
@@ -168,7 +178,7 @@ func (c *tryConfig) run(ctx context.Context, l *luarate.Limiter, where string, s
 		// folded: print the first row, every row where the answer flips, and the last
 		if !fold || i == 1 || i == c.n || res.Allowed != last.Allowed {
 			if hidden > 0 {
-				fmt.Fprintf(tw, "(+%d alike)\t\t\t\t\t\t\n", hidden)
+				fmt.Fprintf(tw, alike, hidden)
 				hidden = 0
 			}
 			row(i, time.Since(start), res)

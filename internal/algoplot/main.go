@@ -1,6 +1,7 @@
 // Command algoplot draws docs/algorithms.svg: the same bursty traffic sent
 // through every limiter algorithm, one row each, admitted requests in green
-// above the line and denied ones in red below it. It runs the real scripts,
+// above the line and denied ones in red below it (the leaky queue's admitted
+// requests at the time they leave the queue). It runs the real scripts,
 // on an embedded miniredis by default or on the Redis -addr names, with an
 // explicit clock, so the picture is the same on every run.
 //
@@ -65,7 +66,7 @@ func run(addr, out string) error {
 // algorithms are the rows, top to bottom.
 var algorithms = []luarate.Algorithm{
 	luarate.FixedWindow, luarate.SlidingWindowLog, luarate.SlidingWindowCounter,
-	luarate.TokenBucket, luarate.LeakyBucket, luarate.GCRA,
+	luarate.TokenBucket, luarate.LeakyBucket, luarate.GCRA, luarate.LeakyQueue,
 }
 
 const (
@@ -128,7 +129,10 @@ func render(ctx context.Context, client rueidis.Client) (string, error) {
 			x := left + float64(t)*pxPerMS
 			if res.Allowed {
 				admitted++
-				fmt.Fprintf(&green, "M%.1f %.0fv15", x, y-16)
+				// a queued request proceeds after its delay
+				if at := t + res.Delay.Milliseconds(); at <= spanMS {
+					fmt.Fprintf(&green, "M%.1f %.0fv15", left+float64(at)*pxPerMS, y-16)
+				}
 			} else {
 				fmt.Fprintf(&red, "M%.1f %.0fv11", x, y+1)
 			}
@@ -139,7 +143,11 @@ func render(ctx context.Context, client rueidis.Client) (string, error) {
 			return "", err
 		}
 		fmt.Fprintf(&b, `<line x1="%.0f" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#888"/>`+"\n", left, y, width-20, y)
-		fmt.Fprintf(&b, `<text x="10" y="%.1f">%s</text>`+"\n", y-2, algo)
+		label := algo.String()
+		if algo == luarate.LeakyQueue {
+			label += " (leaving)"
+		}
+		fmt.Fprintf(&b, `<text x="10" y="%.1f">%s</text>`+"\n", y-2, label)
 		fmt.Fprintf(&b, `<text x="10" y="%.1f" fill="#666">%d of %d admitted</text>`+"\n", y+13, admitted, len(reqs))
 	}
 	b.WriteString("</svg>\n")
