@@ -63,7 +63,7 @@ func TestHeadersOnAllowedAndDenied(t *testing.T) {
 		now := time.UnixMilli(1_700_000_000_000)
 		var obs recorder
 		limit := luarate.PerMinute(luarate.GCRA, 3) // one every 20s, burst 3
-		h := httplimit.Middleware(fixedLimiter(client, prefix, &now), limit, httplimit.WithObserver(obs.observe))(ok)
+		h := middleware(fixedLimiter(client, prefix, &now), limit, httplimit.WithObserver(obs.observe))(ok)
 
 		for i, want := range []string{"2", "1", "0"} {
 			w := get(h, "192.0.2.1:1234")
@@ -106,7 +106,7 @@ func TestIETFHeaders(t *testing.T) {
 	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
 		now := time.UnixMilli(1_700_000_000_000)
 		l := fixedLimiter(client, prefix, &now)
-		h := httplimit.Middleware(l, luarate.PerSecond(luarate.FixedWindow, 2), httplimit.WithIETFHeaders(""))(ok)
+		h := middleware(l, luarate.PerSecond(luarate.FixedWindow, 2), httplimit.WithIETFHeaders(""))(ok)
 		now = now.Add(400 * time.Millisecond) // 600ms left in the window
 		w := get(h, "192.0.2.1:1")
 		assert.Equal(t, `"default";q=2;w=1`, w.Header().Get("RateLimit-Policy"))
@@ -119,7 +119,7 @@ func TestIETFHeaders(t *testing.T) {
 
 		// a burst above the rate is a vendor parameter; t is the retry wait when denied
 		burst := luarate.Limit{Algorithm: luarate.TokenBucket, Rate: 1, Period: 10 * time.Second, Burst: 3}
-		h = httplimit.Middleware(l, burst, httplimit.WithIETFHeaders(`per "key"`))(ok)
+		h = middleware(l, burst, httplimit.WithIETFHeaders(`per "key"`))(ok)
 		for range 3 {
 			w = get(h, "192.0.2.9:1")
 		}
@@ -130,7 +130,7 @@ func TestIETFHeaders(t *testing.T) {
 		assert.Equal(t, "10", w.Header().Get("Retry-After"))
 
 		// a period that is not whole seconds has no w
-		h = httplimit.Middleware(l, luarate.Limit{Algorithm: luarate.GCRA, Rate: 5, Period: 1500 * time.Millisecond}, httplimit.WithIETFHeaders("p"))(ok)
+		h = middleware(l, luarate.Limit{Algorithm: luarate.GCRA, Rate: 5, Period: 1500 * time.Millisecond}, httplimit.WithIETFHeaders("p"))(ok)
 		assert.Equal(t, `"p";q=5`, get(h, "192.0.2.1:1").Header().Get("RateLimit-Policy"))
 	})
 }
@@ -148,8 +148,8 @@ func TestPerRouteDynamicAndExempt(t *testing.T) {
 			return free, nil
 		})
 		health := httplimit.WithExempt(func(r *http.Request) bool { return r.Header.Get("X-Health") == "1" })
-		data := httplimit.Middleware(l, free, byKey, tiers, health, httplimit.WithScope("data"))(ok)
-		search := httplimit.Middleware(l, luarate.PerMinute(luarate.GCRA, 1), byKey, httplimit.WithScope("search"))(ok)
+		data := middleware(l, free, byKey, tiers, health, httplimit.WithScope("data"))(ok)
+		search := middleware(l, luarate.PerMinute(luarate.GCRA, 1), byKey, httplimit.WithScope("search"))(ok)
 
 		count := func(h http.Handler, header ...string) (allowed int) {
 			for range 8 {
@@ -174,7 +174,7 @@ func TestPerRouteDynamicAndExempt(t *testing.T) {
 func TestDenyHandlerReplaced(t *testing.T) {
 	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
 		now := time.UnixMilli(1_700_000_000_000)
-		h := httplimit.Middleware(fixedLimiter(client, prefix, &now), luarate.PerHour(luarate.TokenBucket, 1),
+		h := middleware(fixedLimiter(client, prefix, &now), luarate.PerHour(luarate.TokenBucket, 1),
 			httplimit.WithDenyHandler(func(w http.ResponseWriter, r *http.Request, res luarate.Result) {
 				w.WriteHeader(http.StatusTeapot)
 				io.WriteString(w, "wait "+res.RetryAfter.String())
@@ -195,7 +195,7 @@ func TestBadKeyOrLimitIs500(t *testing.T) {
 		var logs bytes.Buffer
 		logger := slog.New(slog.NewTextHandler(&logs, nil))
 		type userKey struct{}
-		noUser := httplimit.Middleware(l, luarate.PerSecond(luarate.GCRA, 1),
+		noUser := middleware(l, luarate.PerSecond(luarate.GCRA, 1),
 			httplimit.WithKey(httplimit.ContextValue(userKey{})), httplimit.WithObserver(obs.observe), httplimit.WithLogger(logger))(ok)
 		w := get(noUser, "192.0.2.1:1")
 		assert.Equal(t, 500, w.Code)
@@ -203,7 +203,7 @@ func TestBadKeyOrLimitIs500(t *testing.T) {
 		assert.Equal(t, httplimit.Error, obs.last(t).Outcome)
 		assert.Contains(t, logs.String(), "outcome=error")
 
-		badLimit := httplimit.Middleware(l, luarate.Limit{Algorithm: luarate.GCRA, Rate: 0, Period: time.Second},
+		badLimit := middleware(l, luarate.Limit{Algorithm: luarate.GCRA, Rate: 0, Period: time.Second},
 			httplimit.WithObserver(obs.observe), httplimit.WithLogger(logger))(ok)
 		assert.Equal(t, 500, get(badLimit, "192.0.2.1:1").Code, "a bad limit is never silently unlimited, even failing open")
 		assert.ErrorIs(t, obs.last(t).Err, luarate.ErrInvalidLimit)
@@ -246,7 +246,7 @@ func TestRedisStoppedFailOpenAndClosed(t *testing.T) {
 			var obs recorder
 			var logs bytes.Buffer
 			logger := slog.New(slog.NewTextHandler(&logs, nil))
-			open := httplimit.Middleware(l, limit, httplimit.WithObserver(obs.observe), httplimit.WithLogger(logger),
+			open := middleware(l, limit, httplimit.WithObserver(obs.observe), httplimit.WithLogger(logger),
 				httplimit.WithTimeout(2*time.Second))(ok)
 			w := get(open, "192.0.2.1:1")
 			assert.Equal(t, 200, w.Code, "fail open is the default")
@@ -259,7 +259,7 @@ func TestRedisStoppedFailOpenAndClosed(t *testing.T) {
 			assert.Contains(t, logs.String(), "level=ERROR")
 			assert.Contains(t, logs.String(), "outcome=failed_open")
 
-			closed := httplimit.Middleware(l, limit, httplimit.WithFailClosed(), httplimit.WithObserver(obs.observe),
+			closed := middleware(l, limit, httplimit.WithFailClosed(), httplimit.WithObserver(obs.observe),
 				httplimit.WithLogger(logger), httplimit.WithTimeout(2*time.Second))(ok)
 			w = get(closed, "192.0.2.1:1")
 			assert.Equal(t, http.StatusServiceUnavailable, w.Code)
@@ -282,7 +282,7 @@ func TestRedisStoppedInsurance(t *testing.T) {
 				luarate.WithInsurance(luarate.Insurance{Instances: 2, Logger: slog.New(slog.NewTextHandler(&logs, nil))}))
 			defer l.Close()
 			var obs recorder
-			h := httplimit.Middleware(l, luarate.PerSecond(luarate.GCRA, 10), httplimit.WithObserver(obs.observe),
+			h := middleware(l, luarate.PerSecond(luarate.GCRA, 10), httplimit.WithObserver(obs.observe),
 				httplimit.WithFailClosed(), httplimit.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))),
 				httplimit.WithTimeout(2*time.Second))(ok)
 			for i := 1; i <= 6; i++ {
@@ -315,7 +315,7 @@ func TestRedisStoppedInsurance(t *testing.T) {
 func TestDecisionTimeout(t *testing.T) {
 	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
 		var obs recorder
-		h := httplimit.Middleware(luarate.New(client, luarate.WithPrefix(prefix)), luarate.PerSecond(luarate.GCRA, 10),
+		h := middleware(luarate.New(client, luarate.WithPrefix(prefix)), luarate.PerSecond(luarate.GCRA, 10),
 			httplimit.WithTimeout(time.Nanosecond), httplimit.WithFailClosed(), httplimit.WithObserver(obs.observe),
 			httplimit.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))(ok)
 		assert.Equal(t, 503, get(h, "192.0.2.1:1").Code)
@@ -328,7 +328,7 @@ func TestRealServer(t *testing.T) {
 	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
 		l := luarate.New(client, luarate.WithPrefix(prefix)) // the server's clock
 		mux := http.NewServeMux()
-		mux.Handle("GET /api/data", httplimit.Middleware(l, luarate.PerMinute(luarate.GCRA, 5), httplimit.WithIETFHeaders("per-ip"))(ok))
+		mux.Handle("GET /api/data", middleware(l, luarate.PerMinute(luarate.GCRA, 5), httplimit.WithIETFHeaders("per-ip"))(ok))
 		srv := httptest.NewServer(mux)
 		defer srv.Close()
 
@@ -387,7 +387,7 @@ func TestHungRedisTimesOut(t *testing.T) {
 	}
 
 	var obs recorder
-	h := httplimit.Middleware(luarate.New(client), luarate.PerSecond(luarate.GCRA, 10),
+	h := middleware(luarate.New(client), luarate.PerSecond(luarate.GCRA, 10),
 		httplimit.WithTimeout(50*time.Millisecond), httplimit.WithObserver(obs.observe),
 		httplimit.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))(ok)
 	w := get(h, "192.0.2.1:1")
@@ -403,7 +403,7 @@ func TestHungRedisTimesOut(t *testing.T) {
 func TestConcurrentExactlyTheLimit(t *testing.T) {
 	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
 		const limit, workers, each = 50, 64, 4
-		h := httplimit.Middleware(luarate.New(client, luarate.WithPrefix(prefix)), luarate.PerHour(luarate.GCRA, limit),
+		h := middleware(luarate.New(client, luarate.WithPrefix(prefix)), luarate.PerHour(luarate.GCRA, limit),
 			httplimit.WithTimeout(10*time.Second))(ok)
 		srv := httptest.NewServer(h)
 		defer srv.Close()
@@ -433,4 +433,11 @@ func TestConcurrentExactlyTheLimit(t *testing.T) {
 		wg.Wait()
 		assert.Equal(t, map[int]int{200: limit, 429: workers*each - limit}, codes)
 	})
+}
+
+// middleware is httplimit.Middleware with a decision timeout of 10s unless
+// the test sets its own: the 100ms default is for production, and a test
+// about limits must not fail open because a loaded CI machine was slow.
+func middleware(l *luarate.Limiter, limit luarate.Limit, opts ...httplimit.Option) func(http.Handler) http.Handler {
+	return httplimit.Middleware(l, limit, append([]httplimit.Option{httplimit.WithTimeout(10 * time.Second)}, opts...)...)
 }

@@ -47,15 +47,30 @@ var deniedRow = regexp.MustCompile(`(?m)^\s+\d+\s+\d+\s+no\s`)
 
 // demoShape checks the default job's table: the burst of 10 is allowed
 // with remaining 9..0, request 13 (after waiting the retry-after) is allowed.
-// Requests 11 and 12 are denied unless the machine took over 100ms for the
-// burst, so the exact count is left to TestTry's hour-long limits.
+// That holds when the burst took less than one refill (100ms); a machine
+// that stalled longer (a loaded CI runner) refilled tokens on the way and
+// may deny nothing, so then only "the first 10 allowed" is checked. Exact
+// counts are left to TestTry's hour-long limits.
 func demoShape(t *testing.T, out string) {
 	t.Helper()
-	for i := 1; i <= 10; i++ {
-		assert.Regexp(t, fmt.Sprintf(`(?m)^\s+%d\s+\d+\s+yes\s+%d\s`, i, 10-i), out)
+	at := func(i int) int {
+		m := regexp.MustCompile(fmt.Sprintf(`(?m)^\s+%d\s+(\d+)\s`, i)).FindStringSubmatch(out)
+		require.NotNil(t, m, "row %d in %s", i, out)
+		ms, _ := strconv.Atoi(m[1])
+		return ms
 	}
-	assert.Regexp(t, `(?m)^\s+13\s+\d+\s+yes\s`, out)
-	assert.Regexp(t, `(?m)^13 requests: 1[1-3] allowed, [0-2] denied`, out)
+	fast := at(10)-at(1) < 90
+	for i := 1; i <= 10; i++ {
+		if fast {
+			assert.Regexp(t, fmt.Sprintf(`(?m)^\s+%d\s+\d+\s+yes\s+%d\s`, i, 10-i), out)
+		} else {
+			assert.Regexp(t, fmt.Sprintf(`(?m)^\s+%d\s+\d+\s+yes\s`, i), out)
+		}
+	}
+	if fast {
+		assert.Regexp(t, `(?m)^\s+13\s+\d+\s+yes\s`, out)
+		assert.Regexp(t, `(?m)^13 requests: 1[1-3] allowed, [0-2] denied`, out)
+	}
 }
 
 func TestDefaultJobEmbedded(t *testing.T) {
