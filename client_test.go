@@ -311,7 +311,7 @@ func TestKeyOfAnotherTypeIsLeftUntouched(t *testing.T) {
 		for _, algo := range limiterAlgorithms {
 			l := b.limiter(&clock{ms: 1_700_000_000_000})
 			limit := PerSecond(algo, 10)
-			_, keys, _, err := l.command("typed", 0, []Limit{limit})
+			_, keys, _, err := l.command("typed", 0, modeTake, []Limit{limit})
 			require.NoError(t, err)
 			key := keys[0]
 
@@ -395,12 +395,12 @@ func TestScripts(t *testing.T) {
 // update the pin.
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
-		"fixed_window v1":           "a54bca4e5647190a4e3737d9b627cfbb527d21d2",
-		"gcra v1":                   "16698fd385219b927987f6c6d2c057ef2113ec15",
-		"leaky_bucket v1":           "4535653123cdb7b0bef4fc6deeec1e0c5dfd5351",
-		"sliding_window_counter v1": "b9ec0b23fad15d9be364b6bd9919e8c5d49e07ff",
-		"sliding_window_log v1":     "5fc7841a57db7ce95d50db538fb62267f3048c00",
-		"token_bucket v1":           "89581c40e80650821d77c8b54d48250db991bb60",
+		"fixed_window v2":           "a3b8b3d445e71fd9cb632af3dd47aa67e6646ae6",
+		"gcra v2":                   "0fba0e0023e07f19782ae0d9b8b36b50b71e4fe0",
+		"leaky_bucket v2":           "8554ce7ff6e6740b4b6c7826cebbcf3f5da48aba",
+		"sliding_window_counter v2": "4f120ff0abbb1356ef77e5f9cbc47b523e9b0e95",
+		"sliding_window_log v2":     "0ffe36617d59f31645fbd3971d4e5cd6cd5677c4",
+		"token_bucket v2":           "887acebcc132153060f95cfa6c940a097b1c33d0",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

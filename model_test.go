@@ -21,8 +21,8 @@ func (p params) capacity() int64 {
 }
 
 // reply is a script reply: {allowed, limit, remaining, reset_after_ms,
-// retry_after_ms, delay_ms}.
-type reply [6]int64
+// retry_after_ms, delay_ms, granted}.
+type reply [7]int64
 
 // limitModel is one limit's state. decide answers a request of cost at now
 // (ms) and returns how to apply it; it applies nothing itself.
@@ -126,10 +126,10 @@ func (m *fixedWindowModel) decide(cost, now int64) (reply, func()) {
 	}
 	reset := start + m.p.period - now
 	if count+cost <= m.p.rate {
-		return reply{1, m.p.rate, m.p.rate - count - cost, reset, 0, 0},
+		return reply{1, m.p.rate, m.p.rate - count - cost, reset, 0, 0, cost},
 			func() { m.count, m.start, m.seen = count+cost, start, true }
 	}
-	return reply{0, m.p.rate, max(m.p.rate-count, 0), reset, reset, 0}, nil
+	return reply{0, m.p.rate, max(m.p.rate-count, 0), reset, reset, 0, 0}, nil
 }
 
 // ---- token bucket: a real-valued token count, refilled at rate/period per ms.
@@ -162,10 +162,10 @@ func (m *tokenBucketModel) decide(cost, now int64) (reply, func()) {
 	c := big.NewRat(cost, 1)
 	if tokens.Cmp(c) >= 0 {
 		left := new(big.Rat).Sub(tokens, c)
-		return reply{1, m.p.capacity(), ratFloor(left), msFromTo(left, capa), 0, 0},
+		return reply{1, m.p.capacity(), ratFloor(left), msFromTo(left, capa), 0, 0, cost},
 			func() { m.tokens, m.updated = left, updated }
 	}
-	return reply{0, m.p.capacity(), ratFloor(tokens), msFromTo(tokens, capa), msFromTo(tokens, c), 0}, nil
+	return reply{0, m.p.capacity(), ratFloor(tokens), msFromTo(tokens, capa), msFromTo(tokens, c), 0, 0}, nil
 }
 
 // ---- GCRA: virtual scheduling with emission interval T (us, rounded up)
@@ -183,11 +183,11 @@ func (m *gcraModel) decide(cost, now int64) (reply, func()) {
 	tat := max(m.tat, nowUS)
 	newTAT := tat + cost*t
 	if newTAT-tau <= nowUS {
-		return reply{1, m.p.capacity(), floorDiv(nowUS-(newTAT-tau), t), ceilDiv(newTAT-nowUS, 1000), 0, 0},
+		return reply{1, m.p.capacity(), floorDiv(nowUS-(newTAT-tau), t), ceilDiv(newTAT-nowUS, 1000), 0, 0, cost},
 			func() { m.tat = newTAT }
 	}
 	return reply{0, m.p.capacity(), max(floorDiv(nowUS+tau-tat, t), 0), ceilDiv(tat-nowUS, 1000),
-		ceilDiv(newTAT-tau-nowUS, 1000), 0}, nil
+		ceilDiv(newTAT-tau-nowUS, 1000), 0, 0}, nil
 }
 
 // ---- sliding window log: the list of admitted units' times (us); one at e
@@ -220,7 +220,7 @@ func (m *slidingLogModel) decide(cost, now int64) (reply, func()) {
 		if cost > 0 {
 			reset = ceilDiv(at+span-nowUS, 1000)
 		}
-		return reply{1, m.p.rate, m.p.rate - count - cost, reset, 0, 0}, func() {
+		return reply{1, m.p.rate, m.p.rate - count - cost, reset, 0, 0, cost}, func() {
 			for range cost {
 				in = append(in, at)
 			}
@@ -228,7 +228,7 @@ func (m *slidingLogModel) decide(cost, now int64) (reply, func()) {
 		}
 	}
 	blocking := in[count+cost-m.p.rate-1]
-	return reply{0, m.p.rate, max(m.p.rate-count, 0), reset, ceilDiv(blocking+span-nowUS, 1000), 0}, nil
+	return reply{0, m.p.rate, max(m.p.rate-count, 0), reset, ceilDiv(blocking+span-nowUS, 1000), 0, 0}, nil
 }
 
 // ---- sliding window counter: estimate = current + previous * (period -
@@ -282,7 +282,7 @@ func (m *slidingCounterModel) decide(cost, now int64) (reply, func()) {
 		return 0
 	}
 	if fits(at) {
-		return reply{1, m.p.rate, m.p.rate - cost - ratCeil(estimate(at)), resetFor(cur + cost), 0, 0},
+		return reply{1, m.p.rate, m.p.rate - cost - ratCeil(estimate(at)), resetFor(cur + cost), 0, 0, cost},
 			func() { m.cur, m.start, m.prev, m.seen = cur+cost, start, prev, true }
 	}
 	// the first whole ms at which it fits: the estimate never grows with time
@@ -295,7 +295,7 @@ func (m *slidingCounterModel) decide(cost, now int64) (reply, func()) {
 			lo = mid + 1
 		}
 	}
-	return reply{0, m.p.rate, max(m.p.rate-ratCeil(estimate(at)), 0), resetFor(cur), lo - now, 0}, nil
+	return reply{0, m.p.rate, max(m.p.rate-ratCeil(estimate(at)), 0), resetFor(cur), lo - now, 0, 0}, nil
 }
 
 // ---- leaky bucket (meter): a real-valued level draining at rate/period per ms.
@@ -326,9 +326,9 @@ func (m *leakyBucketModel) decide(cost, now int64) (reply, func()) {
 	}
 	after := new(big.Rat).Add(level, big.NewRat(cost, 1))
 	if after.Cmp(capa) <= 0 {
-		return reply{1, m.p.capacity(), ratFloor(new(big.Rat).Sub(capa, after)), drainMS(after), 0, 0},
+		return reply{1, m.p.capacity(), ratFloor(new(big.Rat).Sub(capa, after)), drainMS(after), 0, 0, cost},
 			func() { m.level, m.updated = after, updated }
 	}
 	return reply{0, m.p.capacity(), ratFloor(new(big.Rat).Sub(capa, level)), drainMS(level),
-		drainMS(new(big.Rat).Sub(after, capa)), 0}, nil
+		drainMS(new(big.Rat).Sub(after, capa)), 0, 0}, nil
 }

@@ -123,7 +123,7 @@ func (s *scriptClock) allowN(n int) Result {
 	args := []string{itoa(int64(s.lim.Rate)), itoa(s.lim.Period.Milliseconds()), itoa(int64(s.lim.Burst)), itoa(int64(n)), itoa(s.now)}
 	got, _, errText := evalAndPersist(s.t, s.b, s.lim.Algorithm.String(), []string{s.key}, args)
 	require.Empty(s.t, errText)
-	require.Len(s.t, got, 6)
+	require.Len(s.t, got, replyLen)
 	for _, v := range got {
 		require.GreaterOrEqual(s.t, v, int64(0), "reply %v has a negative field", got)
 	}
