@@ -27,7 +27,7 @@ func TestAllowBurstThenDeny(t *testing.T) {
 					res, err := l.Allow(ctx, "burst", limit)
 					require.NoError(t, err)
 					require.Equal(t, Result{Allowed: true, Limit: 5, Remaining: int64(5 - i),
-						ResetAfter: time.Duration(i) * 200 * time.Millisecond, RetryAfter: 0}.normalized(algo), res, "request %d", i)
+						ResetAfter: time.Duration(i) * 200 * time.Millisecond, RetryAfter: 0, Granted: 1}.normalized(algo), res, "request %d", i)
 				}
 				res, err := l.Allow(ctx, "burst", limit)
 				require.NoError(t, err)
@@ -395,12 +395,12 @@ func TestScripts(t *testing.T) {
 // update the pin.
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
-		"fixed_window v2":           "a3b8b3d445e71fd9cb632af3dd47aa67e6646ae6",
-		"gcra v2":                   "0fba0e0023e07f19782ae0d9b8b36b50b71e4fe0",
-		"leaky_bucket v2":           "8554ce7ff6e6740b4b6c7826cebbcf3f5da48aba",
-		"sliding_window_counter v2": "4f120ff0abbb1356ef77e5f9cbc47b523e9b0e95",
-		"sliding_window_log v2":     "0ffe36617d59f31645fbd3971d4e5cd6cd5677c4",
-		"token_bucket v2":           "887acebcc132153060f95cfa6c940a097b1c33d0",
+		"fixed_window v2":           "bc11c3b5792377c6ebf1d93893faf92070058716",
+		"gcra v2":                   "f0d5cdfa576de7e6a3a60620e6bd313cc6f130bc",
+		"leaky_bucket v2":           "74411b2d8e0f7b407640c488671285b3fa7f2502",
+		"sliding_window_counter v2": "c3a3df03d9dad2ab9872d19b16f3829809e9aa52",
+		"sliding_window_log v2":     "24655712d3b954b1fad413b354a3c301f87fc4fc",
+		"token_bucket v2":           "4efa7cabed66d4c2307e912f51a9d6c8037430c2",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

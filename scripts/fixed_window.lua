@@ -135,11 +135,12 @@ local function run()
     end
     local count, start, lock = 0, now - now % period, 0
     if stored then
-      local c, s, l = string.match(stored, '^(%d+) (%d+)$')
-      if not c then
-        c, s, l = string.match(stored, '^(%d+) (%d+) (%d+)$')
+      -- (no "x = a and b" reassignments: gopher-lua, in miniredis, may keep x)
+      local mc, ms, ml = string.match(stored, '^(%d+) (%d+)$')
+      if not mc then
+        mc, ms, ml = string.match(stored, '^(%d+) (%d+) (%d+)$')
       end
-      c, s, l = c and tonumber(c), s and tonumber(s), l and tonumber(l) or 0
+      local c, s, l = tonumber(mc or ''), tonumber(ms or ''), tonumber(ml or '0')
       if not c or c > 1e9 or s > 4e12 or l > 5e12 then
         fail('KEYS[%d] holds a value fixed_window v2 did not write; use another key', i)
       end
@@ -176,7 +177,10 @@ local function run()
     local rate, period, lockout, count, start, lock = load(i)
     local given = 0
     if refund and count > 0 then
-      given = count < cost and count or cost
+      given = cost
+      if count < cost then
+        given = count
+      end
       count = count - given
     end
     local reset = start + period - now
@@ -189,27 +193,25 @@ local function run()
       forced = forced or {}
       if lock > now then
         forced[i] = {string.format('%d %d %d', count, start, lock), reset > lock - now and reset or lock - now}
-      elseif count > 0 then
-        forced[i] = {string.format('%d %d', count, start), reset}
       else
-        forced[i] = {false}
+        forced[i] = {string.format('%d %d', count, start), reset}
       end
     end
     local r
     if lock > now then
+      -- locked: denied until the lock ends, or later if it would not fit then
       local wait = lock - now
-      if reset > wait then
-        wait = fits and wait or reset
-        r = {0, rate, 0, reset, wait, 0, given}
-      else
-        r = {0, rate, 0, wait, wait, 0, given}
+      local retry = wait
+      if not fits and reset > wait then
+        retry = reset
       end
+      r = {0, rate, 0, reset > wait and reset or wait, retry, 0, given}
     elseif fits then
       count = count + take
       r = {1, rate, rate - count, reset, 0, 0, given + take}
       writes[i] = {string.format('%d %d', count, start), reset}
     else
-      r = {0, rate, count < rate and rate - count or 0, reset, reset, 0, 0}
+      r = {0, rate, count < rate and rate - count or 0, reset, reset, 0, given}
     end
     if reply == nil
       or (r[1] == 0 and (reply[1] == 1 or r[5] > reply[5]))

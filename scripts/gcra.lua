@@ -154,10 +154,10 @@ local function run()
       local t = #stored <= 16 and string.find(stored, '^%d+$') and tonumber(stored)
       if not t then
         local s, l = string.match(stored, '^(%d+) (%d+)$')
-        t, lock = s and #s <= 16 and tonumber(s), l and #l <= 16 and tonumber(l) or 0
-        if not t or lock > 5e15 then
+        if not s or #s > 16 or #l > 16 then
           fail('KEYS[%d] holds a value gcra v2 did not write; use another key', i)
         end
+        t, lock = tonumber(s), tonumber(l)
       end
       if t > tat then
         tat = t
@@ -230,7 +230,7 @@ local function run()
       if left < 0 then
         left = 0
       end
-      r = {0, burst, left, reset, math.ceil((allow_at - now) / 1000), 0, 0}
+      r = {0, burst, left, reset, math.ceil((allow_at - now) / 1000), 0, given}
     end
     if reply == nil
       or (r[1] == 0 and (reply[1] == 1 or r[5] > reply[5]))

@@ -165,7 +165,8 @@ local function run()
       if not l then
         l, u, k = string.match(stored, '^(%d+) (%d+) (%d+)$')
       end
-      level, updated, lock = l and tonumber(l), u and tonumber(u), k and tonumber(k) or 0
+      -- (no "x = a and b" reassignments: gopher-lua, in miniredis, may keep x)
+      level, updated, lock = tonumber(l or ''), tonumber(u or ''), tonumber(k or '0')
       if not level or level > 4e15 or updated > 4e12 or lock > 5e12 then
         fail('KEYS[%d] holds a value leaky_bucket v2 did not write; use another key', i)
       end
@@ -192,7 +193,10 @@ local function run()
       if lock > now then
         take = 0
       elseif capacity - level < take * unit then
-        take = level < capacity and math.floor((capacity - level) / unit) or 0
+        take = 0
+        if level < capacity then
+          take = math.floor((capacity - level) / unit)
+        end
       end
     end
     if take == 0 then
@@ -206,7 +210,10 @@ local function run()
     local burst, unit, drain, capacity, lockout, level, updated, lock = load(i)
     local given = 0
     if refund and level > 0 then
-      given = level < cost * unit and level or cost * unit
+      given = cost * unit
+      if level < given then
+        given = level
+      end
       level = level - given
       given = math.ceil(given / unit)
     end
@@ -227,10 +234,10 @@ local function run()
       forced = forced or {}
       if lock > now then
         forced[i] = {string.format('%d %d %d', level, updated, lock), reset > lock - now and reset or lock - now}
-      elseif level > 0 then
+      elseif reset > 0 then
         forced[i] = {string.format('%d %d', level, updated), reset}
       else
-        forced[i] = {false} -- empty: no state needed
+        forced[i] = {false} -- empty as of now: no state needed
       end
     end
     local r
@@ -245,7 +252,7 @@ local function run()
       r = {1, burst, math.floor((free - need) / unit), reset, 0, 0, given + take}
       writes[i] = {string.format('%d %d', level, updated), reset}
     else
-      r = {0, burst, math.floor(free / unit), reset, lag + math.ceil((level + need - capacity) / drain), 0, 0}
+      r = {0, burst, math.floor(free / unit), reset, lag + math.ceil((level + need - capacity) / drain), 0, given}
     end
     if reply == nil
       or (r[1] == 0 and (reply[1] == 1 or r[5] > reply[5]))

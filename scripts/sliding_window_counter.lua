@@ -182,11 +182,12 @@ local function run()
     local at = now -- the instant the estimate is taken at
     local cur, prev, lock = 0, 0, 0
     if stored then
-      local c, s, p, l = string.match(stored, '^(%d+) (%d+) (%d+)$')
-      if not c then
-        c, s, p, l = string.match(stored, '^(%d+) (%d+) (%d+) (%d+)$')
+      -- (no "x = a and b" reassignments: gopher-lua, in miniredis, may keep x)
+      local mc, ms, mp, ml = string.match(stored, '^(%d+) (%d+) (%d+)$')
+      if not mc then
+        mc, ms, mp, ml = string.match(stored, '^(%d+) (%d+) (%d+) (%d+)$')
       end
-      c, s, p, l = c and tonumber(c), s and tonumber(s), p and tonumber(p), l and tonumber(l) or 0
+      local c, s, p, l = tonumber(mc or ''), tonumber(ms or ''), tonumber(mp or ''), tonumber(ml or '0')
       if not c or c > 1e9 or s > 4e12 or p > 1e9 or l > 5e12 then
         fail('KEYS[%d] holds a value sliding_window_counter v2 did not write; use another key', i)
       end
@@ -229,7 +230,10 @@ local function run()
     local rate, period, lockout, start, at, cur, prev, lock = load(i)
     local given = 0
     if refund and cur + prev > 0 then
-      given = cur < cost and cur or cost
+      given = cost
+      if cur < cost then
+        given = cur
+      end
       cur = cur - given
       local more = cost - given
       if more > prev then
@@ -297,7 +301,7 @@ local function run()
       if remaining < 0 then
         remaining = 0
       end
-      r = {0, rate, remaining, reset, retry, 0, 0}
+      r = {0, rate, remaining, reset, retry, 0, given}
     end
     if reply == nil
       or (r[1] == 0 and (reply[1] == 1 or r[5] > reply[5]))

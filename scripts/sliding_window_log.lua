@@ -169,11 +169,18 @@ local function run()
         fail('KEYS[%d] holds a value sliding_window_log v2 did not write; use another key', i)
       end
       lockname = top
-      top = last[2] and last[1]
+      top = nil -- (not "top = last[2] and last[1]": gopher-lua, in miniredis, may keep top)
+      if last[2] then
+        top = last[1]
+      end
     end
     if top then
       newest = entry_time(i, top)
-      count = c and c[2] or redis.call('ZCOUNT', KEYS[i], after, '+inf')
+      if c then
+        count = c[2]
+      else
+        count = redis.call('ZCOUNT', KEYS[i], after, '+inf')
+      end
       if cache then
         cache[i] = {last, count}
       end
@@ -209,11 +216,17 @@ local function run()
   for i = 1, n do
     local rate, span, after, lockout, count, newest, lock, lockname = load(i)
     local given = 0
-    if refund and count > 0 then
-      given = count < cost and count or cost
+    if refund and count > 0 and cost > 0 then
+      given = cost
+      if count < cost then
+        given = count
+      end
       local skip = lockname and 1 or 0
       count = count - given
-      newest = count > 0 and entry_time(i, redis.call('ZRANGE', KEYS[i], -given - 1 - skip, -given - 1 - skip)[1]) or nil
+      newest = nil
+      if count > 0 then
+        newest = entry_time(i, redis.call('ZRANGE', KEYS[i], -given - 1 - skip, -given - 1 - skip)[1])
+      end
       forced = forced or {}
       forced[i] = {-given - skip, -1 - skip}
     end
@@ -255,7 +268,7 @@ local function run()
       r = {1, rate, rate - count - take, reset, 0, 0, given + take}
       writes[i] = {at, now - span, reset, lockname}
     else
-      r = {0, rate, count < rate and rate - count or 0, reset, retry, 0, 0}
+      r = {0, rate, count < rate and rate - count or 0, reset, retry, 0, given}
     end
     if reply == nil
       or (r[1] == 0 and (reply[1] == 1 or r[5] > reply[5]))

@@ -161,7 +161,8 @@ local function run()
       if not l then
         l, u, k = string.match(stored, '^(%d+) (%d+) (%d+)$')
       end
-      level, updated, lock = l and tonumber(l), u and tonumber(u), k and tonumber(k) or 0
+      -- (no "x = a and b" reassignments: gopher-lua, in miniredis, may keep x)
+      level, updated, lock = tonumber(l or ''), tonumber(u or ''), tonumber(k or '0')
       if not level or level > 4e15 or updated > 4e12 or lock > 5e12 then
         fail('KEYS[%d] holds a value token_bucket v2 did not write; use another key', i)
       end
@@ -225,10 +226,10 @@ local function run()
       forced = forced or {}
       if lock > now then
         forced[i] = {string.format('%d %d %d', level, updated, lock), reset > lock - now and reset or lock - now}
-      elseif level < capacity then
+      elseif reset > 0 then
         forced[i] = {string.format('%d %d', level, updated), reset}
       else
-        forced[i] = {false} -- full: no state needed
+        forced[i] = {false} -- full as of now: no state needed
       end
     end
     local r
@@ -243,7 +244,7 @@ local function run()
       r = {1, burst, math.floor(level / unit), reset, 0, 0, given + take}
       writes[i] = {string.format('%d %d', level, updated), reset}
     else
-      r = {0, burst, math.floor(level / unit), reset, lag + math.ceil((need - level) / fill), 0, 0}
+      r = {0, burst, math.floor(level / unit), reset, lag + math.ceil((need - level) / fill), 0, given}
     end
     if reply == nil
       or (r[1] == 0 and (reply[1] == 1 or r[5] > reply[5]))
