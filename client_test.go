@@ -396,7 +396,7 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"fixed_window v2":           "bc11c3b5792377c6ebf1d93893faf92070058716",
-		"gcra v2":                   "f0d5cdfa576de7e6a3a60620e6bd313cc6f130bc",
+		"gcra v2":                   "75cbecbb3e35649e439e36923dfe280aab442f7c",
 		"leaky_bucket v2":           "74411b2d8e0f7b407640c488671285b3fa7f2502",
 		"sliding_window_counter v2": "c3a3df03d9dad2ab9872d19b16f3829809e9aa52",
 		"sliding_window_log v2":     "24655712d3b954b1fad413b354a3c301f87fc4fc",

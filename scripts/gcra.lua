@@ -42,7 +42,8 @@
 --
 -- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms, granted}:
 --   allowed         take: 1 if admitted (all limits consumed), else 0; atmost:
---                   1 if granted > 0; refund and peek: 0 if locked, else 1
+--                   1 if granted > 0; refund and peek: 0 if locked (or if the
+--                   clock went back further than the burst), else 1
 --   limit           the capacity (burst) of the reported limit
 --   remaining       requests of cost 1 that would still be admitted now; 0
 --                   while locked

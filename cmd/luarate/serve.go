@@ -154,7 +154,8 @@ const demoPassword = "correct horse"
 //
 //   - per username, 5 failures per 15 minutes, then locked for an hour: an
 //     attempt takes one unit and a success gives it back (Refund), so only
-//     failures count, and the sixth failure in a row starts the lock;
+//     failures count; after five failures in 15 minutes the next attempt is
+//     refused and starts the lock;
 //   - per IP, 20 attempts per 15 minutes, then locked for 15 minutes, against
 //     one address trying many usernames (credential stuffing). It counts every
 //     attempt: if a success gave the IP's unit back, an attacker with one valid
