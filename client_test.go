@@ -395,12 +395,12 @@ func TestScripts(t *testing.T) {
 // update the pin.
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
-		"fixed_window v2":           "bc11c3b5792377c6ebf1d93893faf92070058716",
-		"gcra v2":                   "75cbecbb3e35649e439e36923dfe280aab442f7c",
-		"leaky_bucket v2":           "74411b2d8e0f7b407640c488671285b3fa7f2502",
-		"sliding_window_counter v2": "c3a3df03d9dad2ab9872d19b16f3829809e9aa52",
-		"sliding_window_log v2":     "24655712d3b954b1fad413b354a3c301f87fc4fc",
-		"token_bucket v2":           "4efa7cabed66d4c2307e912f51a9d6c8037430c2",
+		"fixed_window v2":           "3bffb9ad913ee959b1db1bf2f256585d9ab5a8b0",
+		"gcra v2":                   "9dc1b8cc809c7d5b1b7d854de6102edcb883a3c5",
+		"leaky_bucket v2":           "0ccdfb476563986c7e80909b3c26eb70c71ba77b",
+		"sliding_window_counter v2": "bd120d62ad5c4912dff63520df6b0401b5a09916",
+		"sliding_window_log v2":     "2f676d6f06168ba031ae4e217610bef4c5dc25f5",
+		"token_bucket v2":           "c9374f3d825e6fda38cfa393314556268e5546e1",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

@@ -85,6 +85,56 @@ local function int(i, name, min, max)
   return v
 end
 
+-- load validates limit i of n and reads its state
+-- (a function of its own rather than a closure in run: cheaper per call)
+local function load(i, n, cost, now, lockouts, cache)
+  local a = 3 * (i - 1)
+  local rate = int(a + 1, 'rate', 1, 1e9)
+  local period = int(a + 2, 'period_ms', 1, 1e12)
+  local burst = int(a + 3, 'burst', 0, 1e9)
+  if burst == 0 then
+    burst = rate
+  end
+  if rate > period * 1000 then
+    fail('ARGV[%d] rate %.0f is over 1000 per ms of period_ms %.0f', a + 1, rate, period)
+  end
+  local interval = math.ceil(period * 1000 / rate) -- T, in microseconds
+  local tolerance = burst * interval
+  if tolerance > 4e15 then
+    fail('limit %d: burst * period_ms / rate must be at most 4e12 ms', i)
+  end
+  if cost > burst then
+    fail('ARGV[%d] cost %.0f exceeds the capacity of limit %d (burst %.0f)', 3 * n + 1, cost, i, burst)
+  end
+  local lockout = lockouts and int(3 * n + 3 + i, 'lockout_ms', 0, 1e12) * 1000 or 0
+
+  local stored = cache and cache[i]
+  if stored == nil then
+    stored = redis.pcall('GET', KEYS[i])
+    if cache then
+      cache[i] = stored
+    end
+  end
+  if type(stored) == 'table' then
+    fail('KEYS[%d] holds a value that is not a string; use another key', i)
+  end
+  local tat, lock = now, 0
+  if stored then
+    local t = #stored <= 16 and string.find(stored, '^%d+$') and tonumber(stored)
+    if not t then
+      local s, l = string.match(stored, '^(%d+) (%d+)$')
+      if not s or #s > 16 or #l > 16 then
+        fail('KEYS[%d] holds a value gcra v2 did not write; use another key', i)
+      end
+      t, lock = tonumber(s), tonumber(l)
+    end
+    if t > tat then
+      tat = t
+    end
+  end
+  return burst, interval, tolerance, lockout, tat, lock
+end
+
 local function run()
   local n = #KEYS
   if n == 0 then
@@ -118,62 +168,13 @@ local function run()
   end
 
   local cache -- atmost: the first pass's GET replies, so each key is read once
-  -- load validates limit i and reads its state
-  local function load(i)
-    local a = 3 * (i - 1)
-    local rate = int(a + 1, 'rate', 1, 1e9)
-    local period = int(a + 2, 'period_ms', 1, 1e12)
-    local burst = int(a + 3, 'burst', 0, 1e9)
-    if burst == 0 then
-      burst = rate
-    end
-    if rate > period * 1000 then
-      fail('ARGV[%d] rate %.0f is over 1000 per ms of period_ms %.0f', a + 1, rate, period)
-    end
-    local interval = math.ceil(period * 1000 / rate) -- T, in microseconds
-    local tolerance = burst * interval
-    if tolerance > 4e15 then
-      fail('limit %d: burst * period_ms / rate must be at most 4e12 ms', i)
-    end
-    if cost > burst then
-      fail('ARGV[%d] cost %.0f exceeds the capacity of limit %d (burst %.0f)', 3 * n + 1, cost, i, burst)
-    end
-    local lockout = lockouts and int(3 * n + 3 + i, 'lockout_ms', 0, 1e12) * 1000 or 0
-
-    local stored = cache and cache[i]
-    if stored == nil then
-      stored = redis.pcall('GET', KEYS[i])
-      if cache then
-        cache[i] = stored
-      end
-    end
-    if type(stored) == 'table' then
-      fail('KEYS[%d] holds a value that is not a string; use another key', i)
-    end
-    local tat, lock = now, 0
-    if stored then
-      local t = #stored <= 16 and string.find(stored, '^%d+$') and tonumber(stored)
-      if not t then
-        local s, l = string.match(stored, '^(%d+) (%d+)$')
-        if not s or #s > 16 or #l > 16 then
-          fail('KEYS[%d] holds a value gcra v2 did not write; use another key', i)
-        end
-        t, lock = tonumber(s), tonumber(l)
-      end
-      if t > tat then
-        tat = t
-      end
-    end
-    return burst, interval, tolerance, lockout, tat, lock
-  end
-
   local take = cost -- what every limit is charged
   if refund then
     take = 0
   elseif atmost and cost > 0 then
     cache = {}
     for i = 1, n do
-      local _, interval, tolerance, _, tat, lock = load(i)
+      local _, interval, tolerance, _, tat, lock = load(i, n, cost, now, lockouts, cache)
       local left = math.floor((now + tolerance - tat) / interval)
       if lock > now or left <= 0 then
         take = 0
@@ -189,7 +190,7 @@ local function run()
   local reply
   local writes, forced = {}, nil -- admissions; locks and refunds
   for i = 1, n do
-    local burst, interval, tolerance, lockout, tat, lock = load(i)
+    local burst, interval, tolerance, lockout, tat, lock = load(i, n, cost, now, lockouts, cache)
     local given = 0
     if refund and tat > now then
       local back = tat - cost * interval

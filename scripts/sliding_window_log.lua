@@ -105,6 +105,62 @@ local function entry_time(i, member)
   return ts
 end
 
+-- load validates limit i of n and reads its log: entries in the window, the
+-- newest entry's time, the lock and its member
+-- (a function of its own rather than a closure in run: cheaper per call)
+local function load(i, n, cost, now, lockouts, cache)
+  local a = 3 * (i - 1)
+  local rate = int(a + 1, 'rate', 1, 1e6)
+  local period = int(a + 2, 'period_ms', 1, 1e12)
+  local burst = int(a + 3, 'burst', 0, 1e9)
+  if burst ~= 0 and burst ~= rate then
+    fail('ARGV[%d] burst must be 0 or equal to rate for sliding_window_log, got %.0f', a + 3, burst)
+  end
+  if cost > rate then
+    fail('ARGV[%d] cost %.0f exceeds the capacity of limit %d (rate %.0f)', 3 * n + 1, cost, i, rate)
+  end
+  local lockout = lockouts and int(3 * n + 3 + i, 'lockout_ms', 0, 1e12) * 1000 or 0
+
+  local span = period * 1000
+  local after = '(' .. string.format('%d', now - span) -- entries still in the window
+  local c = cache and cache[i]
+  -- the newest entry and the lock, read first: it checks the key's type and format
+  local last = c and c[1] or redis.pcall('ZRANGE', KEYS[i], -2, -1)
+  if last.err then
+    fail('KEYS[%d] holds a value that is not a sorted set; use another key', i)
+  end
+  local count, newest, lock, lockname = 0, nil, 0, nil
+  local top = last[2] or last[1]
+  if top and string.byte(top) == 108 then -- "l": the lock member
+    lock = tonumber(string.match(top, '^lock:(%d+)$') or '')
+    if not lock or #top > 21 then
+      fail('KEYS[%d] holds a value sliding_window_log v2 did not write; use another key', i)
+    end
+    lockname = top
+    top = nil -- (not "top = last[2] and last[1]": gopher-lua, in miniredis, may keep top)
+    if last[2] then
+      top = last[1]
+    end
+  end
+  if top then
+    newest = entry_time(i, top)
+    if c then
+      count = c[2]
+    else
+      count = redis.call('ZCOUNT', KEYS[i], after, '+inf')
+    end
+    if cache then
+      cache[i] = {last, count}
+    end
+    if lockname then
+      count = count - 1
+    end
+  elseif cache then
+    cache[i] = {last, 0}
+  end
+  return rate, span, after, lockout, count, newest, lock, lockname
+end
+
 local function run()
   local n = #KEYS
   if n == 0 then
@@ -138,68 +194,13 @@ local function run()
   end
 
   local cache -- atmost: the first pass's replies, so each key is read once
-  -- load validates limit i and reads its log: entries in the window, the
-  -- newest entry's time, the lock and its member
-  local function load(i)
-    local a = 3 * (i - 1)
-    local rate = int(a + 1, 'rate', 1, 1e6)
-    local period = int(a + 2, 'period_ms', 1, 1e12)
-    local burst = int(a + 3, 'burst', 0, 1e9)
-    if burst ~= 0 and burst ~= rate then
-      fail('ARGV[%d] burst must be 0 or equal to rate for sliding_window_log, got %.0f', a + 3, burst)
-    end
-    if cost > rate then
-      fail('ARGV[%d] cost %.0f exceeds the capacity of limit %d (rate %.0f)', 3 * n + 1, cost, i, rate)
-    end
-    local lockout = lockouts and int(3 * n + 3 + i, 'lockout_ms', 0, 1e12) * 1000 or 0
-
-    local span = period * 1000
-    local after = '(' .. string.format('%d', now - span) -- entries still in the window
-    local c = cache and cache[i]
-    -- the newest entry and the lock, read first: it checks the key's type and format
-    local last = c and c[1] or redis.pcall('ZRANGE', KEYS[i], -2, -1)
-    if last.err then
-      fail('KEYS[%d] holds a value that is not a sorted set; use another key', i)
-    end
-    local count, newest, lock, lockname = 0, nil, 0, nil
-    local top = last[2] or last[1]
-    if top and string.byte(top) == 108 then -- "l": the lock member
-      lock = tonumber(string.match(top, '^lock:(%d+)$') or '')
-      if not lock or #top > 21 then
-        fail('KEYS[%d] holds a value sliding_window_log v2 did not write; use another key', i)
-      end
-      lockname = top
-      top = nil -- (not "top = last[2] and last[1]": gopher-lua, in miniredis, may keep top)
-      if last[2] then
-        top = last[1]
-      end
-    end
-    if top then
-      newest = entry_time(i, top)
-      if c then
-        count = c[2]
-      else
-        count = redis.call('ZCOUNT', KEYS[i], after, '+inf')
-      end
-      if cache then
-        cache[i] = {last, count}
-      end
-      if lockname then
-        count = count - 1
-      end
-    elseif cache then
-      cache[i] = {last, 0}
-    end
-    return rate, span, after, lockout, count, newest, lock, lockname
-  end
-
   local take = cost -- what every limit is charged
   if refund then
     take = 0
   elseif atmost and cost > 0 then
     cache = {}
     for i = 1, n do
-      local rate, _, _, _, count, _, lock = load(i)
+      local rate, _, _, _, count, _, lock = load(i, n, cost, now, lockouts, cache)
       if lock > now then
         take = 0
       elseif rate - count < take then
@@ -214,7 +215,7 @@ local function run()
   local reply
   local writes, forced = {}, nil -- admissions; locks and refunds
   for i = 1, n do
-    local rate, span, after, lockout, count, newest, lock, lockname = load(i)
+    local rate, span, after, lockout, count, newest, lock, lockname = load(i, n, cost, now, lockouts, cache)
     local given = 0
     if refund and count > 0 and cost > 0 then
       given = cost
