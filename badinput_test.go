@@ -127,6 +127,30 @@ func TestHostileScriptInput(t *testing.T) {
 						require.Contains(t, errText, names[i], "the error names the argument")
 					}
 				}
+				for _, bad := range hostileNumbers {
+					if bad == "" {
+						continue
+					}
+					argv := append(append([]string(nil), valid...), "take", bad)
+					reply, errText := b.eval(t, s.Name, keys[:1], argv...)
+					requireLuarateError(t, reply, errText, "lockout_ms="+strings.ToValidUTF8(bad, "?"))
+					require.Contains(t, errText, "ARGV[7] lockout_ms", "the error names the argument")
+				}
+				for _, bad := range []string{"x", "Take", "take ", " take", "atmost\x00", "refund1", "-1", "0", "1", "NaN"} {
+					for _, mode := range []string{"take", "atmost", "refund"} {
+						for _, argv := range [][]string{
+							append(append([]string(nil), valid...), bad),
+							append(append([]string(nil), valid...), bad, "1000"),
+							append(append([]string(nil), valid...), mode, "1000", "1"), // one lockout_ms too many
+						} {
+							reply, errText := b.eval(t, s.Name, keys[:1], argv...)
+							requireLuarateError(t, reply, errText, "mode="+strings.ToValidUTF8(bad, "?"))
+							if len(argv) <= 7 {
+								require.Contains(t, errText, "ARGV[6] mode", "the error names the argument")
+							}
+						}
+					}
+				}
 				for _, c := range []struct {
 					what string
 					keys []string

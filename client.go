@@ -15,6 +15,11 @@
 // most max leases of a key at once, each released or expiring. Being limited
 // is a Result, not an error; errors mean bad input or an unreachable Redis.
 //
+// For abuse protection, a Limit can carry a Lockout (deny everything for a
+// while once the limit is hit), Refund gives units back (count only failed
+// logins), Penalize takes extra ones, and AllowAtMost takes as many as fit.
+// All of them run inside the same scripts, atomically, in one round trip.
+//
 // Time comes from the Redis server's clock, so app servers with skewed clocks
 // agree; WithClock passes the caller's instead (tests, replay).
 package luarate
@@ -105,17 +110,84 @@ func (l *Limiter) Peek(ctx context.Context, key string, limit Limit) (Result, er
 // Result reports the tightest limit: the denying one with the longest
 // RetryAfter, else the one with the fewest Remaining.
 func (l *Limiter) AllowMulti(ctx context.Context, key string, n int, limits ...Limit) (Result, error) {
+	return l.decide(ctx, key, n, modeTake, limits)
+}
+
+// AllowAtMost takes as many of n units as fit, from 0 to n, and reports how
+// many in Result.Granted: for a batch endpoint or a message fan-out that can
+// do part of the work now and the rest later. Allowed is true when Granted >
+// 0. When nothing fits it is a denial like AllowN's (RetryAfter is the wait
+// until one unit fits), and it starts the limit's Lockout.
+//
+// With 10 per minute and 7 already taken, AllowAtMost(ctx, key, limit, 5)
+// returns Allowed true, Granted 3, Remaining 0; the next one returns Allowed
+// false, Granted 0.
+func (l *Limiter) AllowAtMost(ctx context.Context, key string, limit Limit, n int) (Result, error) {
+	return l.decide(ctx, key, n, modeAtMost, []Limit{limit})
+}
+
+// Penalize takes up to n extra units from key, never going below empty: a
+// suspicious request (a wrong CAPTCHA, a honeypot field filled in) can cost
+// 10 instead of 1. It is AllowAtMost under another name, so Granted is what
+// was taken; on a key with nothing left it takes nothing and, with a Lockout,
+// starts the lock.
+func (l *Limiter) Penalize(ctx context.Context, key string, limit Limit, n int) (Result, error) {
+	return l.decide(ctx, key, n, modeAtMost, []Limit{limit})
+}
+
+// Refund gives n units back to key, never beyond full, and reports how many
+// went back in Result.Granted; the other fields are what Peek would report
+// after the refund. It admits nothing and writes only when there is something
+// to give back.
+//
+// Use it to count only some outcomes, such as failed logins: take one unit
+// when a login is attempted (denied: answer 429), and refund it when the
+// password was right, so only failures use up the limit and trigger its
+// Lockout. Refund does not lift a lock: the lock punishes failures that
+// already happened, and if a success could lift it, anyone with one valid
+// account could clear a lock at will. Reset does.
+//
+// Refund drops the key's entries in this Limiter's deny cache. For
+// SlidingWindowLog it removes the newest n entries in the window, as if those
+// requests were never made; for the buckets and GCRA the level goes back up by
+// n (Granted rounds a partial unit up).
+//
+// LeakyQueue takes no refunds (ErrInvalidRequest): an admitted request holds
+// its departure slot, and giving it back would let a newcomer leave in a slot
+// already promised to a request queued behind it.
+func (l *Limiter) Refund(ctx context.Context, key string, limit Limit, n int) (Result, error) {
+	if limit.Algorithm == LeakyQueue {
+		return Result{}, fmt.Errorf("luarate: %w: leaky_queue takes no refunds: admitted requests hold their departure slots", ErrInvalidRequest)
+	}
+	return l.decide(ctx, key, n, modeRefund, []Limit{limit})
+}
+
+// mode is what a call does with its n units; the scripts' ARGV mode.
+type mode int
+
+const (
+	modeTake   mode = iota // all of n or nothing
+	modeAtMost             // as many of n as fit
+	modeRefund             // give n back
+)
+
+var modeNames = [...]string{modeTake: "take", modeAtMost: "atmost", modeRefund: "refund"}
+
+// decide runs one script call in any mode: every public decision goes
+// through it.
+func (l *Limiter) decide(ctx context.Context, key string, n int, m mode, limits []Limit) (Result, error) {
 	// sent is read before the request's now_ms, so the script decides no
 	// earlier than sent: a denial is never remembered for longer than it holds.
 	var sent time.Time
-	if l.denies != nil {
+	cached := l.denies != nil && m == modeTake
+	if cached {
 		sent = l.clock()
 	}
-	script, keys, args, err := l.command(key, n, limits)
+	script, keys, args, err := l.command(key, n, m, limits)
 	if err != nil {
 		return Result{}, err
 	}
-	if l.denies != nil && n > 0 {
+	if cached && n > 0 {
 		if res, ok := l.denies.lookup(keys[0], limits, n, sent); ok {
 			return res, nil
 		}
@@ -126,15 +198,19 @@ func (l *Limiter) AllowMulti(ctx context.Context, key string, n int, limits ...L
 	}
 	res, err := parseResult(reply)
 	res.Insured = insured
-	if err == nil && l.denies != nil && n > 0 && !res.Allowed && !insured {
+	if err == nil && cached && n > 0 && !res.Allowed && !insured {
 		l.denies.remember(keys[0], limits, n, sent, res)
+	}
+	if m == modeRefund && l.denies != nil {
+		// capacity came back: denials remembered before now no longer hold
+		l.denies.forget(keys[0])
 	}
 	return res, err
 }
 
 // Reset forgets key's state under limit: the key is back to full.
 func (l *Limiter) Reset(ctx context.Context, key string, limit Limit) error {
-	_, keys, _, err := l.command(key, 0, []Limit{limit})
+	_, keys, _, err := l.command(key, 0, modeTake, []Limit{limit})
 	if err != nil {
 		return err
 	}
@@ -170,14 +246,16 @@ func unavailable(err error) bool {
 }
 
 // command validates a call and returns its script, Redis keys and ARGV.
-// Keys are prefix{key}:<script tag>:<period ms>, e.g. "rl:{user42}:g1:1000";
+// Keys are prefix{key}:<script tag>:<period ms>, e.g. "rl:{user42}:g2:1000";
 // the {key} hash tag puts every limit of one key in one Cluster slot. ARGV is
-// rate, period_ms, burst per limit, then n, then now_ms with WithClock.
+// rate, period_ms, burst per limit, then n, then now_ms with WithClock (else
+// empty when more follows), then the mode unless it is take, then each
+// limit's lockout_ms when any limit has a Lockout.
 //
 // It is on every decision's path, so it allocates twice for usual keys,
 // however many limits there are: every key and argument is a substring of one
 // string, and keys and args share one slice.
-func (l *Limiter) command(key string, n int, limits []Limit) (*loadedScript, []string, []string, error) {
+func (l *Limiter) command(key string, n int, m mode, limits []Limit) (*loadedScript, []string, []string, error) {
 	if key == "" {
 		return nil, nil, nil, fmt.Errorf("luarate: %w: key must not be empty", ErrInvalidRequest)
 	}
@@ -207,8 +285,18 @@ func (l *Limiter) command(key string, n int, limits []Limit) (*loadedScript, []s
 
 	// One buffer holds every key, then every argument; ends[i] is where the
 	// i-th of them stops.
+	lockouts := false
+	for _, lim := range limits {
+		lockouts = lockouts || lim.Lockout > 0
+	}
+	withMode := m != modeTake || lockouts
 	nargs := 3*len(limits) + 1
-	if l.now != nil {
+	switch {
+	case lockouts:
+		nargs += 2 + len(limits)
+	case withMode:
+		nargs += 2
+	case l.now != nil:
 		nargs++
 	}
 	parts := make([]string, len(limits)+nargs)
@@ -239,6 +327,18 @@ func (l *Limiter) command(key string, n int, limits []Limit) (*loadedScript, []s
 	if l.now != nil {
 		buf = strconv.AppendInt(buf, l.now().UnixMilli(), 10)
 		end = append(end, len(buf))
+	} else if withMode {
+		end = append(end, len(buf)) // empty now_ms: Redis TIME
+	}
+	if withMode {
+		buf = append(buf, modeNames[m]...)
+		end = append(end, len(buf))
+	}
+	if lockouts {
+		for _, lim := range limits {
+			buf = strconv.AppendInt(buf, int64(lim.Lockout/time.Millisecond), 10)
+			end = append(end, len(buf))
+		}
 	}
 	all := string(buf)
 	start := 0

@@ -27,7 +27,7 @@ func TestAllowBurstThenDeny(t *testing.T) {
 					res, err := l.Allow(ctx, "burst", limit)
 					require.NoError(t, err)
 					require.Equal(t, Result{Allowed: true, Limit: 5, Remaining: int64(5 - i),
-						ResetAfter: time.Duration(i) * 200 * time.Millisecond, RetryAfter: 0}.normalized(algo), res, "request %d", i)
+						ResetAfter: time.Duration(i) * 200 * time.Millisecond, RetryAfter: 0, Granted: 1}.normalized(algo), res, "request %d", i)
 				}
 				res, err := l.Allow(ctx, "burst", limit)
 				require.NoError(t, err)
@@ -315,7 +315,7 @@ func TestKeyOfAnotherTypeIsLeftUntouched(t *testing.T) {
 		for _, algo := range limiterAlgorithms {
 			l := b.limiter(&clock{ms: 1_700_000_000_000})
 			limit := PerSecond(algo, 10)
-			_, keys, _, err := l.command("typed", 0, []Limit{limit})
+			_, keys, _, err := l.command("typed", 0, modeTake, []Limit{limit})
 			require.NoError(t, err)
 			key := keys[0]
 
@@ -399,14 +399,14 @@ func TestScripts(t *testing.T) {
 // update the pin.
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
-		"concurrency v1":            "3be7cf51611dffb1597936008fa948ce1b90d0ad",
-		"fixed_window v1":           "a54bca4e5647190a4e3737d9b627cfbb527d21d2",
-		"gcra v1":                   "16698fd385219b927987f6c6d2c057ef2113ec15",
-		"leaky_bucket v1":           "4535653123cdb7b0bef4fc6deeec1e0c5dfd5351",
-		"leaky_queue v1":            "b4dc5dd20722425c21758688fe42366cd6ad5c03",
-		"sliding_window_counter v1": "b9ec0b23fad15d9be364b6bd9919e8c5d49e07ff",
-		"sliding_window_log v1":     "5fc7841a57db7ce95d50db538fb62267f3048c00",
-		"token_bucket v1":           "89581c40e80650821d77c8b54d48250db991bb60",
+		"concurrency v1":            "1340d3137e855c244bc8e729bdddad82dc718375",
+		"fixed_window v2":           "3bffb9ad913ee959b1db1bf2f256585d9ab5a8b0",
+		"gcra v2":                   "9dc1b8cc809c7d5b1b7d854de6102edcb883a3c5",
+		"leaky_bucket v2":           "0ccdfb476563986c7e80909b3c26eb70c71ba77b",
+		"leaky_queue v1":            "c23cc52a1d6b7f97b752ca1c15652935f90ddcca",
+		"sliding_window_counter v2": "bd120d62ad5c4912dff63520df6b0401b5a09916",
+		"sliding_window_log v2":     "2f676d6f06168ba031ae4e217610bef4c5dc25f5",
+		"token_bucket v2":           "c9374f3d825e6fda38cfa393314556268e5546e1",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

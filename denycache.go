@@ -21,9 +21,11 @@ import (
 // the least recently used are forgotten; memory stays about size * 300 bytes.
 //
 // The trade-off: a cached denial cannot see what another process does to the
-// key. A Reset (or any script that gives capacity back) by another process
-// only takes effect here once the cached retry time has passed; a Reset
-// through this Limiter clears its own cache for the key. Denied requests
+// key. A Reset or Refund (or any script that gives capacity back) by another
+// process only takes effect here once the cached retry time has passed; a
+// Reset or Refund through this Limiter clears its own cache for the key.
+// Only takes (Allow, AllowN, AllowMulti) are answered from the cache:
+// AllowAtMost, Penalize and Refund always go to Redis. Denied requests
 // answered from memory write nothing, exactly as denied requests in Redis do,
 // so the limits admit the same requests with the cache on or off.
 func WithDenyCache(size int) Option {

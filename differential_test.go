@@ -121,7 +121,23 @@ func runSequence(t *testing.T, b backend, script string, seed int64, steps int, 
 	for _, p := range ps {
 		capa = min(capa, p.capacity())
 	}
-	model := newMultiModel(script, ps)
+	// half the sequences lock their limits once denied, for 1 ms to 31 years
+	lockouts := make([]int64, len(ps))
+	if r.Intn(2) == 0 {
+		choices := []int64{0, 1, 7, 1000, 60_000, 1_000_000_000, 1_000_000_000_000}
+		for i := range lockouts {
+			lockouts[i] = choices[r.Intn(len(choices))]
+			if r.Intn(3) == 0 {
+				lockouts[i] = 1 + r.Int63n(100_000)
+			}
+		}
+	}
+	newModels := func() *multiModel {
+		m := newMultiModel(script, ps)
+		copy(m.lockout, lockouts)
+		return m
+	}
+	model := newModels()
 	keys := make([]string, len(ps))
 	var argv []string
 	for i, p := range ps {
@@ -143,8 +159,8 @@ func runSequence(t *testing.T, b backend, script string, seed int64, steps int, 
 	expireAt := make([]int64, len(ps)) // script time each key's TTL ends; 0 = no key
 	var history []string
 	fail := func(format string, args ...any) bool {
-		t.Errorf("%s seed %d (replay: go test -run 'TestDifferential/%s/%s' -seed %d -v)\nlimits %v\n%s\n%s",
-			script, seed, script, b.name, seed, ps, strings.Join(history, "\n"), fmt.Sprintf(format, args...))
+		t.Errorf("%s seed %d (replay: go test -run 'TestDifferential/%s/%s' -seed %d -v)\nlimits %v lockouts %v\n%s\n%s",
+			script, seed, script, b.name, seed, ps, lockouts, strings.Join(history, "\n"), fmt.Sprintf(format, args...))
 		return false
 	}
 	var last reply
@@ -167,7 +183,7 @@ func runSequence(t *testing.T, b backend, script string, seed int64, steps int, 
 			if err := b.client.Do(ctx, b.client.B().Del().Key(full...).Build()).Error(); err != nil {
 				t.Fatal(err)
 			}
-			model = newMultiModel(script, ps)
+			model = newModels()
 			clear(expireAt)
 			continue
 		}
@@ -177,7 +193,7 @@ func runSequence(t *testing.T, b backend, script string, seed int64, steps int, 
 		// nothing that still matters
 		for i, at := range expireAt {
 			if at != 0 && now >= at {
-				got, _ := model.limits[i].decide(0, now)
+				got := model.peek(i, now)
 				want, _ := newModel(script, ps[i]).decide(0, now)
 				if got != want {
 					return fail("key %d expired at %d but its state still matters at %d: %v, empty gives %v", i, at, now, got, want)
@@ -185,7 +201,7 @@ func runSequence(t *testing.T, b backend, script string, seed int64, steps int, 
 				if err := b.client.Do(ctx, b.client.B().Del().Key(b.prefix+keys[i]).Build()).Error(); err != nil {
 					t.Fatal(err)
 				}
-				model.limits[i] = newModel(script, ps[i])
+				model.reset(i)
 				expireAt[i] = 0
 			}
 		}
@@ -200,37 +216,75 @@ func runSequence(t *testing.T, b backend, script string, seed int64, steps int, 
 		default:
 			cost = 1 + r.Int63n(capa)
 		}
-		args := append(append([]string{}, argv...), itoa(cost), itoa(now))
-		want, each := model.decide(cost, now)
-		var before string
-		if want[0] == 0 || cost == 0 { // the state must not change: see it first
-			before = snapshot(t, b, keys)
+		// mode: mostly take (with the mode argument left out, empty or
+		// spelled out), else atmost or refund; lockouts when the sequence has them
+		mode := "take"
+		switch k := r.Intn(10); {
+		case k < 2:
+			mode = "atmost"
+		case k < 4 && script != "leaky_queue": // it takes no refunds
+			mode = "refund"
 		}
+		args := append(append([]string{}, argv...), itoa(cost), itoa(now))
+		switch {
+		case lockouts[0] > 0 || slices.ContainsFunc(lockouts, func(l int64) bool { return l > 0 }) || r.Intn(8) == 0:
+			args = append(args, mode)
+			for _, l := range lockouts {
+				args = append(args, itoa(l))
+			}
+		case mode != "take" || r.Intn(3) == 0:
+			args = append(args, mode)
+		case r.Intn(2) == 0:
+			args = append(args, "")
+		}
+		befores := make([]string, len(keys))
+		for i := range keys {
+			befores[i] = snapshot(t, b, keys[i:i+1])
+		}
+		want, each, wrote := model.decideMode(mode, cost, now)
 		got, ttls, errText := evalAndPersist(t, b, script, keys, args)
-		history = append(history, fmt.Sprintf("  cost %d now %d -> %v", cost, now, got))
+		history = append(history, fmt.Sprintf("  %s %d now %d -> %v", mode, cost, now, got))
 		if verbose {
 			t.Log(history[len(history)-1])
 		}
 		if errText != "" {
 			return fail("script error: %s", errText)
 		}
-		if len(got) != 6 || reply(got) != want {
+		if len(got) != len(want) || reply(got) != want {
 			return fail("script %v, model %v", got, want)
 		}
 		last = want
-		if want[0] == 0 || cost == 0 {
-			if after := snapshot(t, b, keys); after != before || slices.ContainsFunc(ttls, func(ttl int64) bool { return ttl >= 0 }) {
-				return fail("a denied request or a peek changed the state (TTLs %v):\n%s\n%s", ttls, before, after)
-			}
-			continue
-		}
-		// every written key's TTL is its limit's reset_after
 		for i, ttl := range ttls {
-			exp := each[i][3]
-			if ttl > exp || ttl < exp-200 || (b.mini != nil && ttl != exp) {
-				return fail("key %d has PTTL %d, want its reset_after %d", i, ttl, exp)
+			switch {
+			case !wrote[i]:
+				// a denial, a peek or a refund of nothing: the state must not change
+				if after := snapshot(t, b, keys[i:i+1]); after != befores[i] || ttl >= 0 {
+					return fail("key %d: a call that should write nothing changed the state (PTTL %d):\n%s\n%s", i, ttl, befores[i], after)
+				}
+			case ttl == -2:
+				// deleted: a refund back to full does that; on real Redis a
+				// TTL of a few ms may also run out on the wall clock
+				// before PTTL, which is fine if nothing matters by then
+				at := now
+				if mode != "refund" && b.mini == nil && each[i][3] <= 200 {
+					at = now + each[i][3]
+				} else if mode != "refund" {
+					return fail("key %d deleted by a %s", i, mode)
+				}
+				fresh, _ := newModel(script, ps[i]).decide(0, at)
+				if got := model.peek(i, at); got != fresh {
+					return fail("key %d deleted, but its state still matters at %d: %v, empty gives %v", i, at, got, fresh)
+				}
+				model.reset(i)
+				expireAt[i] = 0
+			default:
+				// every written key's TTL is its limit's reset_after
+				exp := each[i][3]
+				if ttl > exp || ttl < exp-200 || (b.mini != nil && ttl != exp) {
+					return fail("key %d has PTTL %d, want its reset_after %d", i, ttl, exp)
+				}
+				expireAt[i] = now + exp
 			}
-			expireAt[i] = now + exp
 		}
 	}
 	return true

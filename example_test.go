@@ -158,3 +158,97 @@ func ExampleWithInsurance() {
 	// down: allowed=true limit=5 remaining=0 insured=true err=<nil>
 	// down: allowed=false limit=5 remaining=0 insured=true err=<nil>
 }
+
+// exampleLimiter is a Limiter on an embedded Redis whose clock the example
+// moves by hand.
+func exampleLimiter() (*luarate.Limiter, *time.Time, func()) {
+	mr, _ := miniredis.Run()
+	client, _ := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{mr.Addr()}, DisableCache: true, ForceSingleClient: true})
+	now := time.UnixMilli(1_700_000_000_000)
+	limiter := luarate.New(client, luarate.WithClock(func() time.Time { return now }))
+	return limiter, &now, func() { client.Close(); mr.Close() }
+}
+
+// Brute-force protection for a login: take one unit per attempt, give it back
+// when the password was right, so only failures count; the sixth failure in
+// 15 minutes locks the account for an hour, however the window refills.
+func ExampleLimiter_Refund() {
+	limiter, now, done := exampleLimiter()
+	defer done()
+	ctx := context.Background()
+	failures := luarate.Limit{Algorithm: luarate.SlidingWindowLog, Rate: 5, Period: 15 * time.Minute, Lockout: time.Hour}
+
+	login := func(passwordOK bool) string {
+		res, err := limiter.Allow(ctx, "alice", failures)
+		if err != nil {
+			panic(err)
+		}
+		if !res.Allowed {
+			return fmt.Sprintf("429, retry in %v", res.RetryAfter)
+		}
+		if passwordOK {
+			if _, err := limiter.Refund(ctx, "alice", failures, 1); err != nil {
+				panic(err)
+			}
+			return "200"
+		}
+		return fmt.Sprintf("401, %d failures left", res.Remaining)
+	}
+	fmt.Println(login(true), "|", login(true), "|", login(false))
+	for i := 0; i < 4; i++ {
+		login(false)
+	}
+	fmt.Println("sixth failure:", login(false))
+	*now = now.Add(30 * time.Minute)
+	fmt.Println("30 min later, right password:", login(true))
+	*now = now.Add(30 * time.Minute)
+	fmt.Println("when the lock ends:", login(true))
+	// Output:
+	// 200 | 200 | 401, 4 failures left
+	// sixth failure: 429, retry in 1h0m0s
+	// 30 min later, right password: 429, retry in 30m0s
+	// when the lock ends: 200
+}
+
+// A batch endpoint takes what the limit allows now and defers the rest.
+func ExampleLimiter_AllowAtMost() {
+	limiter, _, done := exampleLimiter()
+	defer done()
+	ctx := context.Background()
+	limit := luarate.PerMinute(luarate.TokenBucket, 100)
+
+	for _, batch := range []int{60, 60, 60} {
+		res, err := limiter.AllowAtMost(ctx, "tenant7", limit, batch)
+		if err != nil {
+			panic(err)
+		}
+		fmt.Printf("asked %d: granted %d, remaining %d, allowed=%v, retry_after=%v\n", batch, res.Granted, res.Remaining, res.Allowed, res.RetryAfter)
+	}
+	// Output:
+	// asked 60: granted 60, remaining 40, allowed=true, retry_after=0s
+	// asked 60: granted 40, remaining 0, allowed=true, retry_after=0s
+	// asked 60: granted 0, remaining 0, allowed=false, retry_after=600ms
+}
+
+// A suspicious request costs more: Penalize takes up to n extra units, never
+// below empty, and on an exhausted key starts the limit's Lockout.
+func ExampleLimiter_Penalize() {
+	limiter, _, done := exampleLimiter()
+	defer done()
+	ctx := context.Background()
+	limit := luarate.Limit{Algorithm: luarate.GCRA, Rate: 20, Period: time.Minute, Lockout: 10 * time.Minute}
+
+	res, _ := limiter.Allow(ctx, "ip:203.0.113.9", limit)
+	fmt.Println("normal request, remaining", res.Remaining)
+	res, _ = limiter.Penalize(ctx, "ip:203.0.113.9", limit, 10) // the honeypot field was filled in
+	fmt.Println("penalized", res.Granted, "remaining", res.Remaining)
+	res, _ = limiter.Penalize(ctx, "ip:203.0.113.9", limit, 10)
+	fmt.Println("penalized", res.Granted, "remaining", res.Remaining)
+	res, _ = limiter.Penalize(ctx, "ip:203.0.113.9", limit, 10)
+	fmt.Println("nothing left to take: allowed", res.Allowed, "retry in", res.RetryAfter)
+	// Output:
+	// normal request, remaining 19
+	// penalized 10 remaining 9
+	// penalized 9 remaining 0
+	// nothing left to take: allowed false retry in 10m0s
+}

@@ -110,21 +110,23 @@ func FuzzScriptArgs(f *testing.F) {
 		names = append(names, s.Name)
 	}
 	vectorSteps(f, func(script string, argv []string, _ []int64) {
-		argv = append(argv, "", "", "", "", "")
-		f.Add(script, argv[0], argv[1], argv[2], argv[3], argv[4])
+		argv = append(argv, "", "", "", "", "", "", "")
+		f.Add(script, argv[0], argv[1], argv[2], argv[3], argv[4], argv[5], argv[6])
 	})
 	for _, h := range hostileNumbers {
-		f.Add("gcra", "10", "1000", "0", h, "")
-		f.Add("concurrency", "acquire", "3", "1000", h, "")
+		f.Add("gcra", "10", "1000", "0", h, "", "", "")
+		f.Add("token_bucket", "10", "1000", "0", "1", "", "take", h)
+		f.Add("fixed_window", "10", "1000", "0", "1", "", h, "0")
+		f.Add("concurrency", "acquire", "3", "1000", h, "", "", "")
 	}
 	b := fuzzBackend(f)
 	var seq atomic.Int64
-	f.Fuzz(func(t *testing.T, script, rate, period, burst, cost, now string) {
+	f.Fuzz(func(t *testing.T, script, rate, period, burst, cost, now, mode, lockout string) {
 		if _, ok := scripts[script]; !ok {
 			script = names[len(script)%len(names)]
 		}
 		key := "{f}:" + itoa(seq.Add(1))
-		reply, errText := b.eval(t, script, []string{key}, rate, period, burst, cost, now)
+		reply, errText := b.eval(t, script, []string{key}, rate, period, burst, cost, now, mode, lockout)
 		if errText != "" {
 			requireLuarateError(t, reply, errText, script)
 			return
@@ -140,6 +142,8 @@ func FuzzScriptArgs(f *testing.F) {
 			require.Regexp(t, plainDecimal, s, "argument %d accepted", i+1)
 		}
 		require.True(t, now == "" || plainDecimal.MatchString(now), "now_ms %q accepted", now)
+		require.Contains(t, []string{"", "take", "atmost", "refund"}, mode, "mode accepted")
+		require.Regexp(t, plainDecimal, lockout, "lockout_ms accepted")
 		require.Len(t, reply, replyLen)
 		require.Contains(t, []int64{0, 1}, reply[0])
 		for _, v := range reply {
@@ -151,7 +155,7 @@ func FuzzScriptArgs(f *testing.F) {
 
 // FuzzParseResult feeds parseResult every shape of reply a proxy, a wrong
 // script or a corrupt stream could produce. It must never panic, must return
-// ErrInvalidResponse for anything but six non-negative integers with allowed
+// ErrInvalidResponse for anything but seven non-negative integers with allowed
 // 0 or 1, and must decode those exactly.
 func FuzzParseResult(f *testing.F) {
 	vectorSteps(f, func(_ string, _ []string, reply []int64) {
@@ -159,8 +163,10 @@ func FuzzParseResult(f *testing.F) {
 			f.Add(encodeReply(reply))
 		}
 	})
-	f.Add(encodeReply([]int64{2, 10, 5, 0, 0, 0}))
-	f.Add(encodeReply([]int64{1, 10, -1, 0, 0, 0}))
+	f.Add(encodeReply([]int64{2, 10, 5, 0, 0, 0, 0}))
+	f.Add(encodeReply([]int64{1, 10, -1, 0, 0, 0, 1}))
+	f.Add(encodeReply([]int64{1, 10, 5, 0, 0, 0, -1}))
+	f.Add(encodeReply([]int64{1, 10, 5, 0, 0, 0})) // a v1 reply
 	f.Add(encodeReply([]int64{1, 10, 5, 0, 0}))
 	f.Add([]byte{})
 	f.Add([]byte("\x07\x06\x01\x01\x02\x03\x04\x05"))
@@ -182,7 +188,7 @@ func FuzzParseResult(f *testing.F) {
 		require.Equal(t, Result{
 			Allowed: want[0] == 1, Limit: want[1], Remaining: want[2],
 			ResetAfter: time.Duration(want[3]) * time.Millisecond, RetryAfter: time.Duration(want[4]) * time.Millisecond,
-			Delay: time.Duration(want[5]) * time.Millisecond,
+			Delay: time.Duration(want[5]) * time.Millisecond, Granted: want[6],
 		}, res)
 	})
 }
@@ -254,7 +260,7 @@ func (n fuzzNode) appendTo(buf []byte) []byte {
 	}
 }
 
-// asReply is the oracle: the six integers n holds, if it is a valid reply.
+// asReply is the oracle: the seven integers n holds, if it is a valid reply.
 // Like rueidis, it takes a RESP3 set for an array (no script can reply one).
 func (n fuzzNode) asReply() ([]int64, bool) {
 	if (n.typ != '*' && n.typ != '~') || len(n.items) != replyLen {

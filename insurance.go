@@ -73,8 +73,9 @@ const DefaultInsuranceRetry = time.Second
 //     can give a client up to one extra share on each side of it.
 //   - Reset during the outage clears the key in the insurance only and
 //     returns nil; the key in Redis, if it survives the outage, is not reset.
-//   - A call whose cost exceeds this process's share of a limit cannot be
+//   - An Allow whose cost exceeds this process's share of a limit cannot be
 //     decided alone: it gets the ErrUnavailable error, as without insurance.
+//     AllowAtMost, Penalize and Refund take or give back at most the share.
 //     So does a call whose scaled limit a script refuses (only extreme
 //     limits, near Validate's bounds, can get there by rounding).
 //   - The insurance uses the decision clock (WithClock's, else this
@@ -411,7 +412,7 @@ func (ins *insurance) close() {
 }
 
 // shareArgs returns a copy of a script's ARGV (rate, period_ms, burst per
-// limit, then cost, then anything else) with each limit's rate and burst
+// limit, then cost, now_ms, mode, lockouts) with each limit's rate and burst
 // divided by instances, rounded down, at least 1. A burst of 0 (= rate) stays
 // 0, and a burst equal to the rate stays equal to it, as window scripts need.
 func shareArgs(args []string, nlimits, instances int) ([]string, error) {
@@ -425,6 +426,9 @@ func shareArgs(args []string, nlimits, instances int) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("luarate: insurance: cost %q: %w", args[3*nlimits], err)
 	}
+	// atmost (AllowAtMost, Penalize) and refund take or give back what fits,
+	// so a cost above the share is cut to it; take is all or nothing.
+	partial := len(args) > 3*nlimits+2 && (args[3*nlimits+2] == "atmost" || args[3*nlimits+2] == "refund")
 	out := append([]string(nil), args...)
 	for i := 0; i < nlimits; i++ {
 		rate, err := strconv.Atoi(args[3*i])
@@ -442,7 +446,11 @@ func shareArgs(args []string, nlimits, instances int) ([]string, error) {
 			capacity = burst
 		}
 		if cost > capacity {
-			return nil, fmt.Errorf("luarate: insurance: cost %d exceeds this process's share %d of limit %d (1/%d of it)", cost, capacity, i+1, instances)
+			if !partial {
+				return nil, fmt.Errorf("luarate: insurance: cost %d exceeds this process's share %d of limit %d (1/%d of it)", cost, capacity, i+1, instances)
+			}
+			cost = capacity // atmost and refund: the share is all there is to take or give back
+			out[3*nlimits] = strconv.Itoa(cost)
 		}
 		out[3*i] = strconv.Itoa(rate)
 		out[3*i+2] = strconv.Itoa(burst)

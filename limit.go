@@ -16,11 +16,21 @@ var ErrInvalidLimit = errors.New("invalid limit")
 // and accept only 0 or Rate.
 //
 // For example PerSecond(GCRA, 10) admits a burst of 10, then one every 100ms.
+//
+// Lockout, when not 0, blocks the key for that long once a request is denied:
+// every Allow, AllowN, AllowAtMost and Penalize is then denied with RetryAfter
+// the rest of the lock, however much capacity came back, until the lock ends
+// or Reset. A request denied while locked does not extend the lock, so a
+// client that keeps hammering is let back in on schedule. Refund does not
+// lift it. 5 failed logins per 15 minutes, then locked for an hour:
+//
+//	Limit{Algorithm: SlidingWindowLog, Rate: 5, Period: 15 * time.Minute, Lockout: time.Hour}
 type Limit struct {
 	Algorithm Algorithm
 	Rate      int
 	Period    time.Duration
 	Burst     int
+	Lockout   time.Duration // 0 = none; whole milliseconds, at most 1e12ms
 }
 
 // PerSecond returns a Limit of n per second.
@@ -69,6 +79,8 @@ func (l Limit) Validate() error {
 		return bad("burst must be from 0 (= rate) to %d, got %d", maxRate, l.Burst)
 	case l.Algorithm.windowed() && l.Burst != 0 && l.Burst != l.Rate:
 		return bad("%s has no separate burst: set Burst to 0, got %d", l.Algorithm, l.Burst)
+	case l.Lockout < 0 || l.Lockout%time.Millisecond != 0 || l.Lockout/time.Millisecond > maxPeriodMS:
+		return bad("lockout must be 0 (none) or a whole number of milliseconds up to %dms, got %v", int64(maxPeriodMS), l.Lockout)
 	}
 	ms := int64(l.Period / time.Millisecond)
 	switch l.Algorithm {

@@ -2,6 +2,7 @@ package luarate
 
 import (
 	"math/big"
+	"slices"
 	"sort"
 )
 
@@ -21,13 +22,17 @@ func (p params) capacity() int64 {
 }
 
 // reply is a script reply: {allowed, limit, remaining, reset_after_ms,
-// retry_after_ms, delay_ms}.
-type reply [6]int64
+// retry_after_ms, delay_ms, granted}.
+type reply [7]int64
 
-// limitModel is one limit's state. decide answers a request of cost at now
-// (ms) and returns how to apply it; it applies nothing itself.
+// limitModel is one limit's state. decide answers a take of cost at now (ms)
+// and returns how to apply it; it applies nothing itself. refund gives up to
+// cost back at now and applies it at once, returning the units given back;
+// locked says whether the key holds a lock, which keeps a state the script
+// would otherwise delete.
 type limitModel interface {
 	decide(cost, now int64) (reply, func())
+	refund(cost, now int64, locked bool) int64
 }
 
 func newModel(algo string, p params) limitModel {
@@ -52,27 +57,103 @@ func newModel(algo string, p params) limitModel {
 
 // multiModel is N limits checked all-or-nothing; the reply is the tightest:
 // the denying limit with the longest retry, else the fewest remaining.
+// lockout[i] (ms, 0 = none) locks limit i until locks[i] once a take is
+// denied by it.
 type multiModel struct {
-	algo   string
-	params []params
-	limits []limitModel
+	algo    string
+	params  []params
+	limits  []limitModel
+	lockout []int64
+	locks   []int64
 }
 
 func newMultiModel(algo string, ps []params) *multiModel {
-	m := &multiModel{algo: algo, params: ps}
+	m := &multiModel{algo: algo, params: ps, lockout: make([]int64, len(ps)), locks: make([]int64, len(ps))}
 	for _, p := range ps {
 		m.limits = append(m.limits, newModel(algo, p))
 	}
 	return m
 }
 
-// decide returns the reply and each limit's own reply.
+// reset forgets limit i's state and lock, as a deleted or expired key does.
+func (m *multiModel) reset(i int) {
+	m.limits[i] = newModel(m.algo, m.params[i])
+	m.locks[i] = 0
+}
+
+// withLock turns a limit's reply r into what a lock until lock gives at now:
+// denied for the rest of the lock, or longer if r would still be denied then.
+// A locked request takes nothing, so the reset is the peek's.
+func withLock(l limitModel, r reply, lock, now int64) reply {
+	if lock <= now {
+		return r
+	}
+	wait := lock - now
+	retry := wait
+	if r[0] == 0 {
+		retry = max(r[4], wait)
+	}
+	p, _ := l.decide(0, now)
+	return reply{0, r[1], 0, max(p[3], wait), retry, 0, 0}
+}
+
+// peek is limit i's reply to a peek, lock included.
+func (m *multiModel) peek(i int, now int64) reply {
+	r, _ := m.limits[i].decide(0, now)
+	return withLock(m.limits[i], r, m.locks[i], now)
+}
+
+// decide is a take of cost: the reply and each limit's own reply.
 func (m *multiModel) decide(cost, now int64) (reply, []reply) {
+	best, each, _ := m.decideMode("take", cost, now)
+	return best, each
+}
+
+// decideMode answers a call in mode take, atmost or refund, applies it, and
+// returns the reply, each limit's own reply and which limits' keys it wrote.
+func (m *multiModel) decideMode(mode string, cost, now int64) (reply, []reply, []bool) {
+	n := len(m.limits)
+	wrote := make([]bool, n)
+	given := make([]int64, n)
+	take := cost
+	switch {
+	case mode == "refund":
+		take = 0
+		for i, l := range m.limits {
+			given[i] = l.refund(cost, now, m.locks[i] > now)
+			wrote[i] = given[i] > 0
+		}
+	case mode == "atmost" && cost > 0:
+		for i := range m.limits {
+			if m.locks[i] > now {
+				take = 0
+			} else {
+				r, _ := m.limits[i].decide(0, now)
+				take = min(take, r[2])
+			}
+		}
+		if take <= 0 {
+			take = 1 // grants nothing: the denied take of one unit
+		}
+	}
 	var best reply
-	each := make([]reply, len(m.limits))
-	commits := make([]func(), len(m.limits))
+	each := make([]reply, n)
+	commits := make([]func(), n)
 	for i, l := range m.limits {
-		r, commit := l.decide(cost, now)
+		r, commit := l.decide(take, now)
+		if r[0] == 0 && take > 0 && m.lockout[i] > 0 && m.locks[i] <= now {
+			m.locks[i] = now + m.lockout[i]
+			wrote[i] = true
+			// the script writes the state as of now along with the lock (the
+			// log only adds the lock): what a peek would commit
+			if _, c := l.decide(0, now); c != nil && m.algo != "sliding_window_log" {
+				c()
+			}
+		}
+		r = withLock(l, r, m.locks[i], now)
+		if mode == "refund" {
+			r[6] = given[i]
+		}
 		each[i], commits[i] = r, commit
 		if i == 0 ||
 			(r[0] == 0 && (best[0] == 1 || r[4] > best[4])) ||
@@ -85,12 +166,18 @@ func (m *multiModel) decide(cost, now int64) (reply, []reply) {
 			best[5] = max(best[5], r[5])
 		}
 	}
-	if best[0] == 1 && cost > 0 {
-		for _, c := range commits {
+	if best[0] == 1 && take > 0 {
+		for i, c := range commits {
 			c()
+			wrote[i] = true
 		}
 	}
-	return best, each
+	for i := range wrote {
+		if wrote[i] && m.locks[i] <= now {
+			m.locks[i] = 0 // a write drops a lock that has ended
+		}
+	}
+	return best, each, wrote
 }
 
 func b2i(b bool) int64 {
@@ -133,10 +220,10 @@ func (m *fixedWindowModel) decide(cost, now int64) (reply, func()) {
 	}
 	reset := start + m.p.period - now
 	if count+cost <= m.p.rate {
-		return reply{1, m.p.rate, m.p.rate - count - cost, reset, 0, 0},
+		return reply{1, m.p.rate, m.p.rate - count - cost, reset, 0, 0, cost},
 			func() { m.count, m.start, m.seen = count+cost, start, true }
 	}
-	return reply{0, m.p.rate, max(m.p.rate-count, 0), reset, reset, 0}, nil
+	return reply{0, m.p.rate, max(m.p.rate-count, 0), reset, reset, 0, 0}, nil
 }
 
 // ---- token bucket: a real-valued token count, refilled at rate/period per ms.
@@ -169,10 +256,10 @@ func (m *tokenBucketModel) decide(cost, now int64) (reply, func()) {
 	c := big.NewRat(cost, 1)
 	if tokens.Cmp(c) >= 0 {
 		left := new(big.Rat).Sub(tokens, c)
-		return reply{1, m.p.capacity(), ratFloor(left), msFromTo(left, capa), 0, 0},
+		return reply{1, m.p.capacity(), ratFloor(left), msFromTo(left, capa), 0, 0, cost},
 			func() { m.tokens, m.updated = left, updated }
 	}
-	return reply{0, m.p.capacity(), ratFloor(tokens), msFromTo(tokens, capa), msFromTo(tokens, c), 0}, nil
+	return reply{0, m.p.capacity(), ratFloor(tokens), msFromTo(tokens, capa), msFromTo(tokens, c), 0, 0}, nil
 }
 
 // ---- GCRA: virtual scheduling with emission interval T (us, rounded up)
@@ -190,11 +277,11 @@ func (m *gcraModel) decide(cost, now int64) (reply, func()) {
 	tat := max(m.tat, nowUS)
 	newTAT := tat + cost*t
 	if newTAT-tau <= nowUS {
-		return reply{1, m.p.capacity(), floorDiv(nowUS-(newTAT-tau), t), ceilDiv(newTAT-nowUS, 1000), 0, 0},
+		return reply{1, m.p.capacity(), floorDiv(nowUS-(newTAT-tau), t), ceilDiv(newTAT-nowUS, 1000), 0, 0, cost},
 			func() { m.tat = newTAT }
 	}
 	return reply{0, m.p.capacity(), max(floorDiv(nowUS+tau-tat, t), 0), ceilDiv(tat-nowUS, 1000),
-		ceilDiv(newTAT-tau-nowUS, 1000), 0}, nil
+		ceilDiv(newTAT-tau-nowUS, 1000), 0, 0}, nil
 }
 
 // ---- sliding window log: the list of admitted units' times (us); one at e
@@ -227,7 +314,7 @@ func (m *slidingLogModel) decide(cost, now int64) (reply, func()) {
 		if cost > 0 {
 			reset = ceilDiv(at+span-nowUS, 1000)
 		}
-		return reply{1, m.p.rate, m.p.rate - count - cost, reset, 0, 0}, func() {
+		return reply{1, m.p.rate, m.p.rate - count - cost, reset, 0, 0, cost}, func() {
 			for range cost {
 				in = append(in, at)
 			}
@@ -235,7 +322,7 @@ func (m *slidingLogModel) decide(cost, now int64) (reply, func()) {
 		}
 	}
 	blocking := in[count+cost-m.p.rate-1]
-	return reply{0, m.p.rate, max(m.p.rate-count, 0), reset, ceilDiv(blocking+span-nowUS, 1000), 0}, nil
+	return reply{0, m.p.rate, max(m.p.rate-count, 0), reset, ceilDiv(blocking+span-nowUS, 1000), 0, 0}, nil
 }
 
 // ---- sliding window counter: estimate = current + previous * (period -
@@ -289,7 +376,7 @@ func (m *slidingCounterModel) decide(cost, now int64) (reply, func()) {
 		return 0
 	}
 	if fits(at) {
-		return reply{1, m.p.rate, m.p.rate - cost - ratCeil(estimate(at)), resetFor(cur + cost), 0, 0},
+		return reply{1, m.p.rate, m.p.rate - cost - ratCeil(estimate(at)), resetFor(cur + cost), 0, 0, cost},
 			func() { m.cur, m.start, m.prev, m.seen = cur+cost, start, prev, true }
 	}
 	// the first whole ms at which it fits: the estimate never grows with time
@@ -302,7 +389,7 @@ func (m *slidingCounterModel) decide(cost, now int64) (reply, func()) {
 			lo = mid + 1
 		}
 	}
-	return reply{0, m.p.rate, max(m.p.rate-ratCeil(estimate(at)), 0), resetFor(cur), lo - now, 0}, nil
+	return reply{0, m.p.rate, max(m.p.rate-ratCeil(estimate(at)), 0), resetFor(cur), lo - now, 0, 0}, nil
 }
 
 // ---- leaky bucket (meter): a real-valued level draining at rate/period per ms.
@@ -333,17 +420,151 @@ func (m *leakyBucketModel) decide(cost, now int64) (reply, func()) {
 	}
 	after := new(big.Rat).Add(level, big.NewRat(cost, 1))
 	if after.Cmp(capa) <= 0 {
-		return reply{1, m.p.capacity(), ratFloor(new(big.Rat).Sub(capa, after)), drainMS(after), 0, 0},
+		return reply{1, m.p.capacity(), ratFloor(new(big.Rat).Sub(capa, after)), drainMS(after), 0, 0, cost},
 			func() { m.level, m.updated = after, updated }
 	}
 	return reply{0, m.p.capacity(), ratFloor(new(big.Rat).Sub(capa, level)), drainMS(level),
-		drainMS(new(big.Rat).Sub(after, capa)), 0}, nil
+		drainMS(new(big.Rat).Sub(after, capa)), 0, 0}, nil
+}
+
+// ---- refunds: give back up to cost, never beyond full.
+
+func (m *fixedWindowModel) refund(cost, now int64, locked bool) int64 {
+	count, start := int64(0), now-now%m.p.period
+	if m.seen && m.start >= start {
+		count, start = m.count, m.start
+	}
+	given := min(cost, count)
+	if given > 0 {
+		m.count, m.start, m.seen = count-given, start, true
+	}
+	return given
+}
+
+func (m *tokenBucketModel) refund(cost, now int64, locked bool) int64 {
+	if cost == 0 {
+		return 0 // nothing to give: the script writes nothing
+	}
+	if m.tokens == nil {
+		return 0
+	}
+	capa := big.NewRat(m.p.capacity(), 1)
+	tokens, updated := m.tokens, m.updated
+	if now > updated {
+		tokens = new(big.Rat).Add(tokens, new(big.Rat).Mul(big.NewRat(now-updated, 1), big.NewRat(m.p.rate, m.p.period)))
+		if tokens.Cmp(capa) > 0 {
+			tokens = capa
+		}
+		updated = now
+	}
+	back := new(big.Rat).Sub(capa, tokens)
+	if back.Sign() <= 0 {
+		return 0
+	}
+	if back.Cmp(big.NewRat(cost, 1)) > 0 {
+		back = big.NewRat(cost, 1)
+	}
+	m.tokens, m.updated = new(big.Rat).Add(tokens, back), updated
+	if m.tokens.Cmp(capa) == 0 && updated <= now && !locked {
+		m.tokens = nil // full: the script deletes the key
+	}
+	return ratCeil(back)
+}
+
+func (m *gcraModel) refund(cost, now int64, locked bool) int64 {
+	t := ceilDiv(m.p.period*1000, m.p.rate)
+	nowUS := now * 1000
+	tat := max(m.tat, nowUS)
+	if tat <= nowUS {
+		return 0
+	}
+	back := max(tat-cost*t, nowUS)
+	m.tat = back
+	if back == nowUS && !locked {
+		m.tat = 0 // full: the script deletes the key
+	}
+	return ceilDiv(tat-back, t)
+}
+
+func (m *slidingLogModel) refund(cost, now int64, locked bool) int64 {
+	span, nowUS := m.p.period*1000, now*1000
+	var in []int64
+	for _, e := range m.log {
+		if e > nowUS-span {
+			in = append(in, e)
+		}
+	}
+	sort.Slice(in, func(i, j int) bool { return in[i] < in[j] })
+	given := min(cost, int64(len(in)))
+	if given > 0 {
+		// the newest entries go; older ones stay (the clock may go back)
+		log := slices.Clone(m.log)
+		slices.Sort(log)
+		m.log = log[:int64(len(log))-given]
+	}
+	return given
+}
+
+func (m *slidingCounterModel) refund(cost, now int64, locked bool) int64 {
+	p := m.p.period
+	start := now - now%p
+	var cur, prev int64
+	if m.seen {
+		switch {
+		case m.start >= start:
+			cur, prev = m.cur, m.prev
+			start = m.start
+		case m.start+p == start:
+			prev = m.cur
+		}
+	}
+	fromCur := min(cost, cur)
+	fromPrev := min(cost-fromCur, prev)
+	if fromCur+fromPrev > 0 {
+		// both windows empty need no state: the script deletes the key
+		m.cur, m.start, m.prev = cur-fromCur, start, prev-fromPrev
+		m.seen = m.cur+m.prev > 0 || locked
+	}
+	return fromCur + fromPrev
+}
+
+func (m *leakyBucketModel) refund(cost, now int64, locked bool) int64 {
+	if cost == 0 {
+		return 0 // nothing to give: the script writes nothing
+	}
+	if m.level == nil {
+		return 0
+	}
+	level, updated := m.level, m.updated
+	if now > updated {
+		level = new(big.Rat).Sub(level, new(big.Rat).Mul(big.NewRat(now-updated, 1), big.NewRat(m.p.rate, m.p.period)))
+		if level.Sign() < 0 {
+			level = new(big.Rat)
+		}
+		updated = now
+	}
+	if level.Sign() <= 0 {
+		return 0
+	}
+	out := level
+	if out.Cmp(big.NewRat(cost, 1)) > 0 {
+		out = big.NewRat(cost, 1)
+	}
+	m.level, m.updated = new(big.Rat).Sub(level, out), updated
+	if m.level.Sign() == 0 && updated <= now && !locked {
+		m.level = nil // empty: the script deletes the key
+	}
+	return ratCeil(out)
 }
 
 // ---- leaky queue (shaping): a schedule of departures. Admitted places leave
 // one every T = period/rate ms, in order of arrival; next is the exact time
 // the queue is empty (the next free departure). A request waits for the
 // places ahead of it; it fits if those plus its cost are at most burst.
+
+// refund is not offered by leaky_queue (admitted requests hold their slots):
+// the differential test never asks for it.
+func (m *leakyQueueModel) refund(int64, int64, bool) int64 { panic("leaky_queue takes no refunds") }
 
 type leakyQueueModel struct {
 	p       params
@@ -372,7 +593,7 @@ func (m *leakyQueueModel) decide(cost, now int64) (reply, func()) {
 	c := big.NewRat(cost, 1)
 	if c.Cmp(free) <= 0 {
 		end := new(big.Rat).Add(start, new(big.Rat).Mul(c, t))
-		return reply{1, m.p.capacity(), ratFloor(new(big.Rat).Sub(free, c)), msUntil(end), 0, msUntil(start)},
+		return reply{1, m.p.capacity(), ratFloor(new(big.Rat).Sub(free, c)), msUntil(end), 0, msUntil(start), cost},
 			func() { m.next, m.updated = end, from }
 	}
 	// it fits once the queue has shrunk to burst - cost places

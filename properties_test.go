@@ -114,16 +114,19 @@ type scriptClock struct {
 	expireAt int64
 }
 
-func (s *scriptClock) allowN(n int) Result {
+func (s *scriptClock) allowN(n int) Result { return s.call(n, "take") }
+
+// call runs the script in mode (take or atmost) for n units.
+func (s *scriptClock) call(n int, mode string) Result {
 	s.t.Helper()
 	if s.expireAt != 0 && s.now >= s.expireAt {
 		require.NoError(s.t, s.b.client.Do(context.Background(), s.b.client.B().Del().Key(s.b.prefix+s.key).Build()).Error())
 		s.expireAt = 0
 	}
-	args := []string{itoa(int64(s.lim.Rate)), itoa(s.lim.Period.Milliseconds()), itoa(int64(s.lim.Burst)), itoa(int64(n)), itoa(s.now)}
+	args := []string{itoa(int64(s.lim.Rate)), itoa(s.lim.Period.Milliseconds()), itoa(int64(s.lim.Burst)), itoa(int64(n)), itoa(s.now), mode}
 	got, _, errText := evalAndPersist(s.t, s.b, s.lim.Algorithm.String(), []string{s.key}, args)
 	require.Empty(s.t, errText)
-	require.Len(s.t, got, 6)
+	require.Len(s.t, got, replyLen)
 	for _, v := range got {
 		require.GreaterOrEqual(s.t, v, int64(0), "reply %v has a negative field", got)
 	}
@@ -131,8 +134,9 @@ func (s *scriptClock) allowN(n int) Result {
 	if got[0] == 1 && n > 0 {
 		s.expireAt = s.now + got[3]
 	}
+	require.LessOrEqual(s.t, got[6], int64(n), "granted more than asked")
 	return Result{Allowed: got[0] == 1, Limit: got[1], Remaining: got[2], ResetAfter: time.Duration(got[3]) * time.Millisecond,
-		RetryAfter: time.Duration(got[4]) * time.Millisecond, Delay: time.Duration(got[5]) * time.Millisecond}
+		RetryAfter: time.Duration(got[4]) * time.Millisecond, Delay: time.Duration(got[5]) * time.Millisecond, Granted: got[6]}
 }
 
 func propertyRun(t *testing.T, b backend, r *rand.Rand, lim Limit, key string, steps int) {
@@ -176,7 +180,25 @@ func propertyRun(t *testing.T, b backend, r *rand.Rand, lim Limit, key string, s
 		if r.Intn(3) == 0 {
 			n = 1 + r.Intn(maxCost)
 		}
+		if r.Intn(4) == 0 {
+			// a partial grant: what it grants counts like any admission, and
+			// when it grants nothing, retry_after is exact for one unit
+			res := s.call(n, "atmost")
+			require.Equal(t, res.Granted > 0, res.Allowed)
+			if res.Granted > 0 {
+				require.Zero(t, res.RetryAfter)
+				adm = append(adm, admission{s.now, res.Granted})
+			} else if wait := res.RetryAfter.Milliseconds(); s.now+wait < horizon {
+				require.Positive(t, wait)
+				s.now += wait - 1
+				require.False(t, do(1).Allowed, "%v: atmost: one unit admitted 1 ms before retry_after %d", lim, wait)
+				s.now++
+				require.True(t, do(1).Allowed, "%v: atmost: one unit denied at retry_after %d", lim, wait)
+			}
+			continue
+		}
 		res := do(n)
+		require.Equal(t, b2i(res.Allowed)*int64(n), res.Granted)
 		if wait := res.RetryAfter.Milliseconds(); !res.Allowed && s.now+wait < horizon && r.Intn(2) == 0 {
 			// retry_after is exact: 1 ms early is too early, on time is admitted
 			s.now += wait - 1

@@ -95,7 +95,7 @@ func TestWait(t *testing.T) {
 		start := time.Now()
 		res, err := l.Wait(ctx, "w", limit)
 		require.NoError(t, err)
-		require.Equal(t, Result{Allowed: true, Limit: 3, Remaining: 2, ResetAfter: 100 * time.Millisecond}, res)
+		require.Equal(t, Result{Allowed: true, Limit: 3, Remaining: 2, ResetAfter: 100 * time.Millisecond, Granted: 1}, res)
 		res, err = l.Wait(ctx, "w", limit)
 		require.NoError(t, err)
 		require.Equal(t, 100*time.Millisecond, res.Delay)
@@ -133,7 +133,7 @@ func TestWait(t *testing.T) {
 		// other algorithms have no delay: Wait is Allow
 		res, err = l.Wait(ctx, "w", PerSecond(GCRA, 1))
 		require.NoError(t, err)
-		require.Equal(t, Result{Allowed: true, Limit: 1, Remaining: 0, ResetAfter: time.Second}, res)
+		require.Equal(t, Result{Allowed: true, Limit: 1, Remaining: 0, ResetAfter: time.Second, Granted: 1}, res)
 	})
 }
 

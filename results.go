@@ -17,7 +17,8 @@ var ErrInvalidResponse = errors.New("luarate: invalid response from Redis")
 // Result is the outcome of one decision, as the script replied it.
 //
 // If a limiter allows 10 per second and has admitted 6 this second, an Allow
-// returns Allowed true, Limit 10, Remaining 3 (after this request), RetryAfter 0.
+// returns Allowed true, Limit 10, Remaining 3 (after this request), RetryAfter 0,
+// Granted 1.
 type Result struct {
 	// Allowed is true when the request was admitted and its cost consumed.
 	Allowed bool
@@ -32,6 +33,13 @@ type Result struct {
 	// Delay is how long an admitted request must wait before it proceeds. Only
 	// queueing algorithms set it; it is 0 for the others.
 	Delay time.Duration
+	// Granted is how many units this call took or, for Refund, gave back.
+	// Allow and AllowN take all of n or nothing, so Granted is n or 0;
+	// AllowAtMost and Penalize take what fits. If a limit of 10 per minute has
+	// 3 left, AllowAtMost(..., 5) returns Allowed true, Granted 3, Remaining 0;
+	// a Refund(..., 2) right after returns Granted 2 and Remaining 2. Peek
+	// returns 0.
+	Granted int64
 	// Insured is true when Redis was unavailable and the Limiter's insurance
 	// decided instead, against this process's share of the limit (see
 	// WithInsurance); Limit is then the share.
@@ -39,8 +47,8 @@ type Result struct {
 }
 
 // replyLen is the number of integers in every script's reply:
-// {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms}.
-const replyLen = 6
+// {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms, granted}.
+const replyLen = 7
 
 // parseResult decodes a script reply, checking its shape instead of trusting it.
 func parseResult(msg rueidis.RedisMessage) (Result, error) {
@@ -64,6 +72,7 @@ func parseResult(msg rueidis.RedisMessage) (Result, error) {
 		ResetAfter: time.Duration(v[3]) * time.Millisecond,
 		RetryAfter: time.Duration(v[4]) * time.Millisecond,
 		Delay:      time.Duration(v[5]) * time.Millisecond,
+		Granted:    v[6],
 	}, nil
 }
 

@@ -21,7 +21,7 @@ var scriptFiles embed.FS
 // the limits the Go client gets.
 type Script struct {
 	Name    string // e.g. "token_bucket", as in scripts/token_bucket.lua
-	Version int    // from the header line "-- luarate: token_bucket v1"
+	Version int    // from the header line "-- luarate: token_bucket v2"
 	SHA1    string // lower-case hex SHA1 of Source, as SCRIPT LOAD returns it
 	Source  string
 }
@@ -29,7 +29,7 @@ type Script struct {
 type loadedScript struct {
 	Script
 	lua    *rueidis.Lua
-	keyTag string // short name + version for keys, e.g. "tb1"
+	keyTag string // short name + version for keys, e.g. "tb2"
 }
 
 var scripts = loadScripts()

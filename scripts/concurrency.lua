@@ -29,7 +29,7 @@
 -- ARGV[5]  now_ms    optional integer 0..4e12, Unix time in ms; missing or
 --                    "" = Redis TIME
 --
--- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms}:
+-- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms, granted}:
 --   allowed         acquire: 1 if the lease is held now, else 0 (all taken)
 --                   release: 1 if the lease was held and is now given back,
 --                            0 if it was not held (never, released, expired)
@@ -41,6 +41,9 @@
 --   retry_after_ms  acquire/peek when all slots are taken: ms until the
 --                   earliest lease expires (sooner if one is released); else 0
 --   delay_ms        always 0
+--   granted         1 when this call took a new slot (acquire) or gave one
+--                   back (release); 0 for a renewal, an extend, a peek or a
+--                   denial
 -- A denied acquire, a peek and a release or extend of a lease that does not
 -- hold write nothing. Bad arguments get one line "ERR luarate: ..." naming
 -- the argument.
@@ -144,22 +147,24 @@ local function run()
 
   if op == 'peek' then
     if held < max then
-      return {1, max, free(held), latest - now, 0, 0}
+      return {1, max, free(held), latest - now, 0, 0, 0}
     end
-    return {0, max, 0, latest - now, earliest() - now, 0}
+    return {0, max, 0, latest - now, earliest() - now, 0, 0}
   end
   if op == 'acquire' and not mine and held >= max then
-    return {0, max, 0, latest - now, earliest() - now, 0}
+    return {0, max, 0, latest - now, earliest() - now, 0, 0}
   end
   if (op == 'release' or op == 'extend') and not mine then
-    return {0, max, free(held), latest - now, 0, 0}
+    return {0, max, free(held), latest - now, 0, 0, 0}
   end
 
   -- a write: drop the expired leases, then change lease_id's
+  local granted = 0 -- slots taken (a new lease) or given back (a release)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%d', now))
   if op == 'release' then
     redis.call('ZREM', key, member)
     held = held - 1
+    granted = 1
     if held > 0 then
       local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
       latest = expiry(top[1], top[2])
@@ -173,6 +178,7 @@ local function run()
     end
     if not mine then
       held = held + 1
+      granted = 1
     end
     redis.call('ZADD', key, string.format('%d', until_ms), member)
     if until_ms > latest then
@@ -182,7 +188,7 @@ local function run()
   if held > 0 then
     redis.call('PEXPIRE', key, string.format('%d', latest - now))
   end
-  return {1, max, free(held), latest - now, 0, 0}
+  return {1, max, free(held), latest - now, 0, 0, granted}
 end
 
 local ok, res = pcall(run)

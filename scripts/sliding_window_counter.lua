@@ -1,4 +1,4 @@
--- luarate: sliding_window_counter v1
+-- luarate: sliding_window_counter v2
 --
 -- Sliding window counter: the two-window estimate. Time is cut into windows of
 -- `period_ms` aligned to the Unix epoch, as in fixed_window, and each key counts
@@ -27,10 +27,21 @@
 -- first instant of that newest window (where its estimate is highest), so a
 -- clock that goes back never mints capacity.
 --
--- State: a string "<current> <window_start_ms> <previous>". TTL = until the end
--- of the next window, when the current count stops mattering. Versioned by
--- key: callers put the script version in their keys (the Go client's keys end
--- in ":swc1:<period_ms>").
+-- Modes: take (all of cost or nothing), atmost (as much of cost as the
+-- estimate still admits), refund (give cost back to the current window's count,
+-- then to the previous window's, never below 0). Lockout: a denied take (or an
+-- atmost that grants nothing) on a limit with lockout_ms > 0 locks that key
+-- until now + lockout_ms: every take and atmost is denied until then, whatever
+-- the estimate. A request denied while locked does not extend the lock; a
+-- refund does not lift it (a lock punishes what already happened; if a success
+-- could lift it, one valid account would clear a lock at will); deleting the
+-- key (Reset) does.
+--
+-- State: a string "<current> <window_start_ms> <previous>", with
+-- " <locked_until_ms>" appended while a lock may matter. TTL = until the end
+-- of the next window, when the current count stops mattering, or the lock if
+-- later. Versioned by key: callers put the script version in their keys (the
+-- Go client's keys end in ":swc2:<period_ms>"); v1 keys are not read.
 --
 -- KEYS[i]      state key of limit i, i = 1..N. All keys of one call must share
 --              a hash slot in Redis Cluster: give them one {hash tag}. Keys
@@ -42,23 +53,40 @@
 -- then:
 --   cost       integer 0..rate of every limit; 0 = peek (reads, never writes)
 --   now_ms     optional integer 0..4e12, Unix time in ms; missing or "" = Redis TIME
+--   mode       optional "take" (default; missing or ""), "atmost" or "refund"
+--   lockout_ms optional, one per limit in the order of KEYS: integer 0..1e12,
+--              0 = no lockout. Given for all limits or for none.
 --
--- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms}:
---   allowed         1 if the request was admitted (all limits consumed), else 0
+-- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms, granted}:
+--   allowed         take: 1 if admitted (all limits consumed), else 0; atmost:
+--                   1 if granted > 0; refund and peek: 0 if locked (or over a
+--                   lowered limit), else 1
 --   limit           the rate of the reported limit
---   remaining       rate minus the rounded estimate, after this request
---   reset_after_ms  ms until the estimate is back to 0 (both windows forgotten)
---   retry_after_ms  ms until this request would be admitted; 0 when allowed
+--   remaining       rate minus the rounded estimate, after this request; 0
+--                   while locked
+--   reset_after_ms  ms until the estimate is back to 0 (both windows
+--                   forgotten), or the lock ends, if later
+--   retry_after_ms  ms until this request would be admitted (atmost: until one
+--                   unit would); while locked at least the rest of the lock;
+--                   0 when allowed
 --   delay_ms        always 0 here (queueing scripts: ms to wait before proceeding)
--- With several limits all or none consume, and the reply reports the tightest:
--- the denying limit with the longest retry_after, else the fewest remaining.
+--   granted         units this call took (take: cost or 0; atmost: 0..cost),
+--                   or gave back (refund, to the reported limit); peek: 0
+-- With several limits all or none consume (atmost: the same amount from all),
+-- and the reply reports the tightest: the denying limit with the longest
+-- retry_after, else the fewest remaining. Each limit is refunded on its own.
 -- Bad arguments get one line "ERR luarate: ..." naming the argument.
 --
 -- Example (10 per second, cost 1):
 --   redis-cli --eval scripts/sliding_window_counter.lua rl:{user42}:swc , 10 1000 0 1
 
+
 local function fail(fmt, ...)
   error({luarate = string.format(fmt, ...)}, 0)
+end
+
+local function printable(s)
+  return (string.gsub(string.sub(s, 1, 40), '[^%w%p ]', '?'))
 end
 
 -- int reads ARGV[i] as a plain decimal integer in [min, max].
@@ -69,8 +97,7 @@ local function int(i, name, min, max)
   end
   local v = #s <= 16 and string.find(s, '^%d+$') and tonumber(s)
   if not v or v < min or v > max then
-    fail('ARGV[%d] %s must be an integer from %.0f to %.0f, got "%s"',
-      i, name, min, max, string.gsub(string.sub(s, 1, 40), '[^%w%p ]', '?'))
+    fail('ARGV[%d] %s must be an integer from %.0f to %.0f, got "%s"', i, name, min, max, printable(s))
   end
   return v
 end
@@ -91,14 +118,70 @@ local function ceil_div(a, b)
   return floor_div(a + b - 1, b)
 end
 
+-- load validates limit i of n and reads its state as of now
+-- (a function of its own rather than a closure in run: cheaper per call)
+local function load(i, n, cost, now, lockouts, cache)
+  local a = 3 * (i - 1)
+  local rate = int(a + 1, 'rate', 1, 1e9)
+  local period = int(a + 2, 'period_ms', 1, 1e12)
+  local burst = int(a + 3, 'burst', 0, 1e9)
+  if burst ~= 0 and burst ~= rate then
+    fail('ARGV[%d] burst must be 0 or equal to rate for sliding_window_counter, got %.0f', a + 3, burst)
+  end
+  if rate * period > 9e15 then
+    fail('limit %d: rate * period_ms must be at most 9e15', i)
+  end
+  if cost > rate then
+    fail('ARGV[%d] cost %.0f exceeds the capacity of limit %d (rate %.0f)', 3 * n + 1, cost, i, rate)
+  end
+  local lockout = lockouts and int(3 * n + 3 + i, 'lockout_ms', 0, 1e12) or 0
+
+  local stored = cache and cache[i]
+  if stored == nil then
+    stored = redis.pcall('GET', KEYS[i])
+    if cache then
+      cache[i] = stored
+    end
+  end
+  if type(stored) == 'table' then
+    fail('KEYS[%d] holds a value that is not a string; use another key', i)
+  end
+  local start = now - now % period
+  local at = now -- the instant the estimate is taken at
+  local cur, prev, lock = 0, 0, 0
+  if stored then
+    -- (no "x = a and b" reassignments: gopher-lua, in miniredis, may keep x)
+    local mc, ms, mp, ml = string.match(stored, '^(%d+) (%d+) (%d+)$')
+    if not mc then
+      mc, ms, mp, ml = string.match(stored, '^(%d+) (%d+) (%d+) (%d+)$')
+    end
+    local c, s, p, l = tonumber(mc or ''), tonumber(ms or ''), tonumber(mp or ''), tonumber(ml or '0')
+    if not c or c > 1e9 or s > 4e12 or p > 1e9 or l > 5e12 then
+      fail('KEYS[%d] holds a value sliding_window_counter v2 did not write; use another key', i)
+    end
+    if s >= start then
+      -- this window, or a later one if the clock went back: use its start
+      cur, prev = c, p
+      if s > start then
+        start, at = s, s
+      end
+    elseif s + period == start then
+      prev = c
+    end
+    lock = l
+  end
+  return rate, period, lockout, start, at, cur, prev, lock
+end
+
 local function run()
   local n = #KEYS
   if n == 0 then
     fail('need at least one key')
   end
-  if #ARGV ~= 3 * n + 1 and #ARGV ~= 3 * n + 2 then
-    fail('expected %d ARGV (rate, period_ms, burst per key, then cost [now_ms]), got %d',
-      3 * n + 1, #ARGV)
+  local nargs = #ARGV
+  if nargs ~= 3 * n + 1 and nargs ~= 3 * n + 2 and nargs ~= 3 * n + 3 and nargs ~= 4 * n + 3 then
+    fail('expected %d, %d, %d or %d ARGV (rate, period_ms, burst per key, then cost [now_ms [mode [lockout_ms per key]]]), got %d',
+      3 * n + 1, 3 * n + 2, 3 * n + 3, 4 * n + 3, nargs)
   end
   for i = 2, n do
     for j = 1, i - 1 do
@@ -108,6 +191,12 @@ local function run()
     end
   end
   local cost = int(3 * n + 1, 'cost', 0, 1e9)
+  local mode = ARGV[3 * n + 3]
+  local atmost, refund = mode == 'atmost', mode == 'refund'
+  if not (atmost or refund or mode == nil or mode == '' or mode == 'take') then
+    fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', 3 * n + 3, printable(mode))
+  end
+  local lockouts = nargs == 4 * n + 3
   local now
   if ARGV[3 * n + 2] == nil or ARGV[3 * n + 2] == '' then
     local t = redis.call('TIME')
@@ -116,82 +205,104 @@ local function run()
     now = int(3 * n + 2, 'now_ms', 0, 4e12)
   end
 
+  local cache -- atmost: the first pass's GET replies, so each key is read once
+  local take = cost -- what every limit is charged
+  if refund then
+    take = 0
+  elseif atmost and cost > 0 then
+    cache = {}
+    for i = 1, n do
+      local rate, period, _, start, at, cur, prev, lock = load(i, n, cost, now, lockouts, cache)
+      local left = rate - cur - ceil_div(prev * (start + period - at), period)
+      if lock > now then
+        take = 0
+      elseif left < take then
+        take = left
+      end
+    end
+    if take <= 0 then
+      take = 1 -- grants nothing: answered as the denied take of one unit
+    end
+  end
+
   local reply
-  local writes = {}
+  local writes, forced = {}, nil -- admissions; locks and refunds
   for i = 1, n do
-    local a = 3 * (i - 1)
-    local rate = int(a + 1, 'rate', 1, 1e9)
-    local period = int(a + 2, 'period_ms', 1, 1e12)
-    local burst = int(a + 3, 'burst', 0, 1e9)
-    if burst ~= 0 and burst ~= rate then
-      fail('ARGV[%d] burst must be 0 or equal to rate for sliding_window_counter, got %.0f', a + 3, burst)
-    end
-    if rate * period > 9e15 then
-      fail('limit %d: rate * period_ms must be at most 9e15', i)
-    end
-    if cost > rate then
-      fail('ARGV[%d] cost %.0f exceeds the capacity of limit %d (rate %.0f)', 3 * n + 1, cost, i, rate)
-    end
-
-    local stored = redis.pcall('GET', KEYS[i])
-    if type(stored) == 'table' then
-      fail('KEYS[%d] holds a value that is not a string; use another key', i)
-    end
-    local start = now - now % period
-    local at = now -- the instant the estimate is taken at
-    local cur, prev = 0, 0
-    if stored then
-      local c, s, p = string.match(stored, '^(%d+) (%d+) (%d+)$')
-      c, s, p = tonumber(c), tonumber(s), tonumber(p)
-      if not c or c > 1e9 or s > 4e12 or p > 1e9 then
-        fail('KEYS[%d] holds a value sliding_window_counter v1 did not write; use another key', i)
+    local rate, period, lockout, start, at, cur, prev, lock = load(i, n, cost, now, lockouts, cache)
+    local given = 0
+    if refund and cur + prev > 0 then
+      given = cost
+      if cur < cost then
+        given = cur
       end
-      if s >= start then
-        -- this window, or a later one if the clock went back: use its start
-        cur, prev = c, p
-        if s > start then
-          start, at = s, s
-        end
-      elseif s + period == start then
-        prev = c
+      cur = cur - given
+      local more = cost - given
+      if more > prev then
+        more = prev
       end
+      prev = prev - more
+      given = given + more
     end
-
     local weighted = ceil_div(prev * (start + period - at), period)
+    -- reset: until the estimate is 0 again
     local reset = 0
-    local r
-    if cur + weighted + cost <= rate then
-      cur = cur + cost
-      if cur > 0 then
-        reset = start + 2 * period - now
-      elseif prev > 0 then
-        reset = start + period - now
-      end
-      r = {1, rate, rate - cur - weighted, reset, 0, 0}
-      writes[i] = {string.format('%d %d %d', cur, start, prev), reset}
-    else
-      if cur > 0 then
-        reset = start + 2 * period - now
-      else
+    if cur > 0 then
+      reset = start + 2 * period - now
+    elseif prev > 0 then
+      reset = start + period - now
+    end
+    local fits = cur + weighted + take <= rate
+    local retry = 0
+    if not fits then
+      if cur == 0 then
         reset = start + period - now
       end
       -- first instant t with ceil(prev * (start + period - t) / period) <= room
-      local room = rate - cur - cost
+      local room = rate - cur - take
       local t
       if room >= 0 then
         t = start + period - floor_div(room * period, prev)
       else
         -- not in this window: in the next, the current count is the previous one
-        t = start + 2 * period - floor_div((rate - cost) * period, cur)
+        t = start + 2 * period - floor_div((rate - take) * period, cur)
         if t < start + period then
           t = start + period
         end
       end
+      retry = t - now
+    end
+    if not fits and take > 0 and lockout > 0 and lock <= now then
+      lock = now + lockout
+      forced = forced or {}
+      forced[i] = {string.format('%d %d %d %d', cur, start, prev, lock), reset > lockout and reset or lockout}
+    elseif given > 0 then
+      forced = forced or {}
+      if lock > now then
+        forced[i] = {string.format('%d %d %d %d', cur, start, prev, lock), reset > lock - now and reset or lock - now}
+      elseif reset > 0 then
+        forced[i] = {string.format('%d %d %d', cur, start, prev), reset}
+      else
+        forced[i] = {false} -- both windows empty: no state needed
+      end
+    end
+    local r
+    if lock > now then
+      -- locked: denied until the lock ends, or later if it would not fit then
+      local wait = lock - now
+      r = {0, rate, 0, reset > wait and reset or wait, retry > wait and retry or wait, 0, given}
+    elseif fits then
+      cur = cur + take
+      if cur > 0 then
+        reset = start + 2 * period - now
+      end
+      r = {1, rate, rate - cur - weighted, reset, 0, 0, given + take}
+      writes[i] = {string.format('%d %d %d', cur, start, prev), reset}
+    else
       local remaining = rate - cur - weighted
       if remaining < 0 then
         remaining = 0
       end
-      r = {0, rate, remaining, reset, t - now, 0}
+      r = {0, rate, remaining, reset, retry, 0, given}
     end
     if reply == nil
       or (r[1] == 0 and (reply[1] == 1 or r[5] > reply[5]))
@@ -200,10 +311,19 @@ local function run()
     end
   end
 
-  -- reply is a denying limit whenever any limit denies: then nothing is written
-  if reply[1] == 1 and cost > 0 then
+  -- reply is a denying limit whenever any limit denies: then only locks are written
+  if reply[1] == 1 and take > 0 then
     for i = 1, n do
       redis.call('SET', KEYS[i], writes[i][1], 'PX', writes[i][2])
+    end
+  elseif forced then
+    for i = 1, n do
+      local w = forced[i]
+      if w and w[1] then
+        redis.call('SET', KEYS[i], w[1], 'PX', w[2])
+      elseif w then
+        redis.call('DEL', KEYS[i])
+      end
     end
   end
   return reply

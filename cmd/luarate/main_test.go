@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -312,6 +314,99 @@ func TestServe(t *testing.T) {
 				t.Fatal("serve did not stop on cancel")
 			}
 			assert.Contains(t, logs.String(), "outcome=denied")
+		})
+	}
+}
+
+// TestServeLogin is the README's login walk-through: failures count, a
+// success gives its attempt back, the sixth failure locks the username for an
+// hour (429 with Retry-After, even with the right password), and an address
+// that tries too often is locked whatever the username.
+func TestServeLogin(t *testing.T) {
+	for _, backend := range []string{"embedded", "redis"} {
+		t.Run(backend, func(t *testing.T) {
+			args := []string{"serve", "-addr", "127.0.0.1:0", "-algo", "sliding_window_log"}
+			if backend == "redis" {
+				needReal(t)
+				args = append(args, "-redis", realAddr)
+				// the address's counter outlives a test run: start from none
+				_, err := redistest.Command(realAddr, "EVAL", "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end return 1", "0", "demo:{login-ip:*")
+				require.NoError(t, err)
+			}
+			t.Setenv("REDIS_URL", "")
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var out, logs syncBuffer
+			done := make(chan int, 1)
+			go func() { done <- run(ctx, args, &out, &logs) }()
+			base := ""
+			require.Eventually(t, func() bool {
+				line, _ := bufio.NewReader(strings.NewReader(out.String())).ReadString('\n')
+				if m := regexp.MustCompile(`on (http://\S+) `).FindStringSubmatch(line); m != nil {
+					base = m[1]
+				}
+				return base != ""
+			}, 10*time.Second, 10*time.Millisecond)
+
+			// each run of the test gets its own users (real Redis outlives it)
+			suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
+			login := func(user, password string, asJSON bool) *http.Response {
+				t.Helper()
+				var resp *http.Response
+				var err error
+				if asJSON {
+					body, _ := json.Marshal(map[string]string{"username": user + suffix, "password": password})
+					resp, err = http.Post(base+"/login", "application/json", bytes.NewReader(body))
+				} else {
+					resp, err = http.PostForm(base+"/login", url.Values{"username": {user + suffix}, "password": {password}})
+				}
+				require.NoError(t, err)
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				return resp
+			}
+
+			// bob: 4 failures among 12 attempts; successes give their
+			// attempt back, so only the failures count and 1 is left
+			for i := 0; i < 4; i++ {
+				assert.Equal(t, 401, login("bob", "guess", i%2 == 0).StatusCode)
+				assert.Equal(t, 200, login("bob", "correct horse", i%2 == 1).StatusCode)
+				assert.Equal(t, 200, login("bob", "correct horse", i%2 == 0).StatusCode)
+			}
+			// alice: 5 failures, then locked for an hour
+			for i := 0; i < 5; i++ {
+				resp := login("alice", "guess", false)
+				assert.Equal(t, 401, resp.StatusCode)
+				assert.Equal(t, strconv.Itoa(4-i), resp.Header.Get("X-RateLimit-Remaining"), "failures left")
+			}
+			resp := login("alice", "guess", false)
+			assert.Equal(t, 429, resp.StatusCode)
+			assert.Equal(t, "3600", resp.Header.Get("Retry-After"))
+			resp = login("alice", "correct horse", true)
+			assert.Equal(t, 429, resp.StatusCode, "the right password does not open a locked account")
+			assert.Equal(t, "3600", resp.Header.Get("Retry-After"))
+
+			// the address has made 12 + 7 = 19 attempts: one more, then locked
+			assert.Equal(t, 200, login("carol", "correct horse", false).StatusCode)
+			resp = login("carol", "correct horse", false)
+			assert.Equal(t, 429, resp.StatusCode, "20 attempts per 15 minutes per IP")
+			assert.Equal(t, "900", resp.Header.Get("Retry-After"))
+
+			for _, body := range []string{"", "username="} {
+				resp, err := http.Post(base+"/login", "application/x-www-form-urlencoded", strings.NewReader(body))
+				require.NoError(t, err)
+				resp.Body.Close()
+				assert.Equal(t, 400, resp.StatusCode)
+			}
+
+			cancel()
+			select {
+			case code := <-done:
+				assert.Equal(t, 0, code, logs.String())
+			case <-time.After(10 * time.Second):
+				t.Fatal("serve did not stop on cancel")
+			}
+			assert.Contains(t, logs.String(), "login locked")
 		})
 	}
 }

@@ -7,7 +7,7 @@ redis.defineCommand('gcra', { lua: fs.readFileSync('scripts/gcra.lua', 'utf8') }
 (async () => {
   // 10 per second per user, bursts of 10; the Go client's key for the same limit
   for (let i = 1; i <= 12; i++) {
-    const [allowed, , remaining, , retryMs] = await redis.gcra(1, 'rl:{user42}:g1:1000', 10, 1000, 10, 1);
+    const [allowed, , remaining, , retryMs] = await redis.gcra(1, 'rl:{user42}:g2:1000', 10, 1000, 10, 1);
     console.log(i, allowed ? 'allowed' : `denied, retry in ${retryMs} ms`, `remaining=${remaining}`);
   }
   redis.disconnect();

@@ -7,5 +7,5 @@ with open("scripts/gcra.lua", "rb") as f:
 
 # 10 per second per user, bursts of 10; the Go client's key for the same limit
 for i in range(1, 13):
-    allowed, limit, remaining, reset_ms, retry_ms, _ = gcra(keys=["rl:{user42}:g1:1000"], args=[10, 1000, 10, 1])
+    allowed, limit, remaining, reset_ms, retry_ms, _, _ = gcra(keys=["rl:{user42}:g2:1000"], args=[10, 1000, 10, 1])
     print(i, "allowed" if allowed else f"denied, retry in {retry_ms} ms", f"remaining={remaining}")

@@ -4,7 +4,7 @@
 # on a free loopback port, and compares the output line by line. README
 # redis-cli lines that the transcript does not list, and every script's own
 # header example, are run too: they must answer without an error (limiter
-# scripts: with exactly six integers).
+# scripts: with exactly seven integers).
 # Prints "N passed, N failed"; exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -76,18 +76,18 @@ done <"$here/transcript.txt"
 [ -z "$cmd" ] || check "$cmd" "$want"
 
 # smoke LABEL COMMAND: on an empty server the command must answer without an
-# error; a limiter script (its header documents the six-integer reply) must
-# answer exactly six integers.
+# error; a limiter script (its header documents the seven-integer reply) must
+# answer exactly seven integers.
 smoke() {
-  local label=$1 cmd=$2 got script six=0
+  local label=$1 cmd=$2 got script seven=0
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
   got=$(cli "$cmd")
   if [[ $cmd =~ --eval\ (scripts/[a-z_]+\.lua) ]]; then
     script=${BASH_REMATCH[1]}
-    grep -q 'Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms}' "$script" 2>/dev/null && six=1
+    grep -q 'Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms, granted}' "$script" 2>/dev/null && seven=1
   fi
   if [ -z "$got" ] || grep -q '^(error)' <<<"$got" ||
-    { ((six)) && ! { [ "$(grep -cE '^[1-6]\) \(integer\) [0-9]+$' <<<"$got")" = 6 ] && [ "$(wc -l <<<"$got")" = 6 ]; }; }; then
+    { ((seven)) && ! { [ "$(grep -cE '^[1-7]\) \(integer\) [0-9]+$' <<<"$got")" = 7 ] && [ "$(wc -l <<<"$got")" = 7 ]; }; }; then
     fail "$label: $cmd"
     echo "$got" | sed 's/^/    /'
   else
