@@ -106,6 +106,10 @@ func TestShareArgs(t *testing.T) {
 		{"one instance: unchanged", []string{"10", "1000", "50", "50"}, 1, 1, []string{"10", "1000", "50", "50"}, ""},
 		{"cost above the share", []string{"100", "1000", "0", "30"}, 1, 4, nil, "cost 30 exceeds this process's share 25 of limit 1"},
 		{"cost above the share of the second limit", []string{"100", "1000", "0", "8", "60000", "0", "3"}, 2, 4, nil, "share 2 of limit 2"},
+		{"atmost: a cost above the share is cut to it", []string{"100", "1000", "0", "30", "", "atmost"}, 1, 4, []string{"25", "1000", "0", "25", "", "atmost"}, ""},
+		{"refund: cut to the smallest share, lockouts kept", []string{"100", "1000", "0", "8", "60000", "0", "30", "", "refund", "0", "5000"}, 2, 4,
+			[]string{"25", "1000", "0", "2", "60000", "0", "2", "", "refund", "0", "5000"}, ""},
+		{"take is all or nothing", []string{"100", "1000", "0", "30", "", "take"}, 1, 4, nil, "cost 30 exceeds this process's share 25 of limit 1"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
