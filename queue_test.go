@@ -146,8 +146,11 @@ func TestLeakyQueueMultiDepartures(t *testing.T) {
 	sets := [][]Limit{
 		{{Algorithm: LeakyQueue, Rate: 10, Period: time.Second, Burst: 5}, {Algorithm: LeakyQueue, Rate: 30, Period: 10 * time.Second, Burst: 4}},
 		{{Algorithm: LeakyQueue, Rate: 7, Period: 3 * time.Second, Burst: 2}, {Algorithm: LeakyQueue, Rate: 3, Period: time.Second, Burst: 9}},
-		{{Algorithm: LeakyQueue, Rate: 5, Period: 7 * time.Millisecond}, {Algorithm: LeakyQueue, Rate: 11, Period: 13 * time.Millisecond, Burst: 3},
-			{Algorithm: LeakyQueue, Rate: 2, Period: 3 * time.Millisecond, Burst: 6}},
+		// seconds, not ms: real Redis expires keys on its own clock, and a
+		// state whose TTL is a few ms could vanish between two calls of a
+		// slow (CI, -race) run, though the test's clock has barely moved
+		{{Algorithm: LeakyQueue, Rate: 5, Period: 7 * time.Second}, {Algorithm: LeakyQueue, Rate: 11, Period: 13 * time.Second, Burst: 3},
+			{Algorithm: LeakyQueue, Rate: 2, Period: 3 * time.Second, Burst: 6}},
 	}
 	eachBackend(t, func(t *testing.T, b backend) {
 		seed := time.Now().UnixNano()
