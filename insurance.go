@@ -160,34 +160,24 @@ type embedded struct {
 // exec runs script in Redis, or on the insurance while Redis is unavailable.
 // insured says which answered. Errors from Redis are wrapped by redisError.
 func (l *Limiter) exec(ctx context.Context, script *loadedScript, keys, args []string) (reply rueidis.RedisMessage, insured bool, err error) {
-	ins := l.insurance
-	if ins == nil {
+	what := script.Name + " script"
+	call := func() error {
 		reply, err = script.lua.Exec(ctx, l.client, keys, args).ToMessage()
-		if err != nil {
-			return reply, false, redisError(script.Name+" script", err)
+		return err
+	}
+	if l.insurance == nil {
+		if call() != nil {
+			return reply, false, redisError(what, err)
 		}
 		return reply, false, nil
 	}
-	gen, tryRedis := ins.route()
-	var redisErr error
-	if tryRedis {
-		reply, err = script.lua.Exec(ctx, l.client, keys, args).ToMessage()
-		if err == nil || !unavailable(err) {
-			ins.up(gen)
-			if err != nil {
-				return reply, false, redisError(script.Name+" script", err)
-			}
-			return reply, false, nil
-		}
-		redisErr = redisError(script.Name+" script", err)
-		if errors.Is(err, context.Canceled) {
-			return reply, false, redisErr
-		}
-		ins.down(gen, redisErr)
+	fallback, redisErr := l.insurance.viaRedis(ctx, what, call)
+	if !fallback {
+		return reply, false, redisErr
 	}
-	reply, err = ins.exec(ctx, l.clock(), script, keys, args)
+	reply, err = l.insurance.exec(ctx, l.clock(), script, keys, args)
 	if err != nil {
-		return reply, false, insuranceError(script.Name+" script", err, redisErr)
+		return reply, false, insuranceError(what, err, redisErr)
 	}
 	return reply, true, nil
 }
@@ -195,34 +185,49 @@ func (l *Limiter) exec(ctx context.Context, script *loadedScript, keys, args []s
 // del deletes keys in Redis and in the insurance, for Reset. Under the
 // insurance a failing Redis is not an error: see WithInsurance.
 func (l *Limiter) del(ctx context.Context, keys []string) error {
-	ins := l.insurance
-	if ins == nil {
-		if err := l.client.Do(ctx, l.client.B().Del().Key(keys...).Build()).Error(); err != nil {
+	call := func() error { return l.client.Do(ctx, l.client.B().Del().Key(keys...).Build()).Error() }
+	if l.insurance == nil {
+		if err := call(); err != nil {
 			return redisError("luarate: reset", err)
 		}
 		return nil
 	}
-	if err := ins.del(ctx, keys); err != nil {
+	if err := l.insurance.del(ctx, keys); err != nil {
 		return insuranceError("luarate: reset", err, nil)
+	}
+	if fallback, err := l.insurance.viaRedis(ctx, "luarate: reset", call); !fallback {
+		return err
+	}
+	return nil // Redis is unavailable: the key was reset in the insurance
+}
+
+// viaRedis runs call against Redis unless decisions are on the insurance, and
+// switches on what Redis answered. fallback says the insurance must decide:
+// Redis was skipped (err is nil) or unavailable (err wraps ErrUnavailable).
+// A context that ended before the call, or that the caller cancelled, says
+// nothing about Redis: it switches nothing and its error is returned.
+func (ins *insurance) viaRedis(ctx context.Context, what string, call func() error) (fallback bool, err error) {
+	if err := ctx.Err(); err != nil {
+		return false, redisError(what, err)
 	}
 	gen, tryRedis := ins.route()
 	if !tryRedis {
-		return nil
+		return true, nil
 	}
-	err := l.client.Do(ctx, l.client.B().Del().Key(keys...).Build()).Error()
+	err = call()
 	if err == nil || !unavailable(err) {
 		ins.up(gen)
 		if err != nil {
-			return redisError("luarate: reset", err)
+			return false, redisError(what, err)
 		}
-		return nil
+		return false, nil
 	}
-	err = redisError("luarate: reset", err)
+	err = redisError(what, err)
 	if errors.Is(err, context.Canceled) {
-		return err
+		return false, err
 	}
 	ins.down(gen, err)
-	return nil
+	return true, err
 }
 
 // insuranceError is the error of a call neither Redis nor the insurance could
@@ -244,8 +249,8 @@ func (ins *insurance) route() (gen uint64, tryRedis bool) {
 	ins.mu.Lock()
 	defer ins.mu.Unlock()
 	gen = ins.gen.Load()
-	if !ins.on.Load() {
-		return gen, true
+	if !ins.on.Load() || ins.closed {
+		return gen, true // closed: Redis alone decides, as without insurance
 	}
 	now := ins.wall()
 	if now.Before(ins.probeAt) {
@@ -292,8 +297,10 @@ func (ins *insurance) up(gen uint64) {
 	}
 	ins.gen.Add(1)
 	ins.on.Store(false)
-	for _, e := range ins.shards {
-		e.mini.FlushAll() // forget the outage: Redis is the truth again
+	if !ins.closed {
+		for _, e := range ins.shards {
+			e.mini.FlushAll() // forget the outage: Redis is the truth again
+		}
 	}
 	ins.config.Logger.LogAttrs(context.Background(), slog.LevelInfo,
 		"luarate: Redis is back, deciding in Redis again",
@@ -324,10 +331,10 @@ func (ins *insurance) exec(ctx context.Context, now time.Time, script *loadedScr
 // del deletes keys on the embedded server, if it was started.
 func (ins *insurance) del(ctx context.Context, keys []string) error {
 	ins.mu.Lock()
-	started := ins.shards != nil
+	started := ins.shards != nil && !ins.closed
 	ins.mu.Unlock()
 	if !started {
-		return nil
+		return nil // nothing stored there (or closed: only Redis counts)
 	}
 	client, err := ins.server(time.Time{}, keys[0])
 	if err != nil {

@@ -342,6 +342,25 @@ func TestInsuranceCancelled(t *testing.T) {
 	require.Zero(t, logs.lines(logDown))
 }
 
+// TestInsuranceExpiredContext: a context whose deadline passed before the
+// call says nothing about Redis, so it switches nothing.
+func TestInsuranceExpiredContext(t *testing.T) {
+	main, client := redistest.Mini(t)
+	c := &clock{ms: 1_700_000_000_000}
+	l, _, logs := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
+	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	_, err := l.Allow(ctx, "k", PerSecond(GCRA, 10))
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.NoError(t, l.Reset(context.Background(), "k", PerSecond(GCRA, 10)))
+	require.ErrorIs(t, l.Reset(ctx, "k", PerSecond(GCRA, 10)), context.DeadlineExceeded)
+	require.False(t, l.insurance.on.Load(), "other callers keep deciding in Redis")
+	require.Zero(t, logs.lines(logDown))
+	res, err := l.Allow(context.Background(), "k", PerSecond(GCRA, 10))
+	require.NoError(t, err)
+	require.False(t, res.Insured)
+}
+
 // TestNoInsuranceStillUnavailable: without WithInsurance an outage is the
 // caller's ErrUnavailable error, as before.
 func TestNoInsuranceStillUnavailable(t *testing.T) {
@@ -366,6 +385,15 @@ func TestInsuranceClosed(t *testing.T) {
 	_, err = l.Allow(context.Background(), "k", PerSecond(GCRA, 10))
 	require.ErrorIs(t, err, ErrUnavailable)
 	require.ErrorContains(t, err, "limiter closed")
+
+	// Redis back: a closed Limiter decides and resets in Redis as any other
+	require.NoError(t, main.Restart())
+	res, err := l.Allow(context.Background(), "k", PerSecond(GCRA, 10))
+	require.NoError(t, err)
+	require.False(t, res.Insured)
+	require.NotEmpty(t, main.Keys())
+	require.NoError(t, l.Reset(context.Background(), "k", PerSecond(GCRA, 10)))
+	require.Empty(t, main.Keys(), "the reset reached Redis")
 }
 
 // TestInsuranceRealRedis stops a real redis-server in the middle of
