@@ -179,9 +179,11 @@ func (l *Limiter) decide(ctx context.Context, key string, n int, m mode, limits 
 	// sent is read before the request's now_ms, so the script decides no
 	// earlier than sent: a denial is never remembered for longer than it holds.
 	var sent time.Time
-	cached := l.denies != nil && m == modeTake
+	var gen uint64
+	cached := l.denies != nil && m == modeTake && !anyLockout(limits)
 	if cached {
 		sent = l.clock()
+		gen = l.denies.generation()
 	}
 	script, keys, args, err := l.command(key, n, m, limits)
 	if err != nil {
@@ -199,7 +201,7 @@ func (l *Limiter) decide(ctx context.Context, key string, n int, m mode, limits 
 	res, err := parseResult(reply)
 	res.Insured = insured
 	if err == nil && cached && n > 0 && !res.Allowed && !insured {
-		l.denies.remember(keys[0], limits, n, sent, res)
+		l.denies.remember(keys[0], limits, n, sent, gen, res)
 	}
 	if m == modeRefund && l.denies != nil {
 		// capacity came back: denials remembered before now no longer hold
@@ -214,10 +216,25 @@ func (l *Limiter) Reset(ctx context.Context, key string, limit Limit) error {
 	if err != nil {
 		return err
 	}
+	err = l.del(ctx, keys) // in Redis, and in WithInsurance's fallback
 	if l.denies != nil {
+		// after the DEL: a denial decided before it and remembered after
+		// this is dropped by the cache's generation
 		l.denies.forget(keys[0])
 	}
-	return l.del(ctx, keys) // in Redis, and in WithInsurance's fallback
+	return err
+}
+
+// anyLockout reports whether a limit has a Lockout. The deny cache skips
+// those: a lock that ends while the request still would not fit is started
+// again by the next denial in Redis, which a cached answer would not make.
+func anyLockout(limits []Limit) bool {
+	for _, lim := range limits {
+		if lim.Lockout > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // redisError wraps an error of the Redis client, adding ErrUnavailable when
@@ -249,8 +266,8 @@ func unavailable(err error) bool {
 // Keys are prefix{key}:<script tag>:<period ms>, e.g. "rl:{user42}:g2:1000";
 // the {key} hash tag puts every limit of one key in one Cluster slot. ARGV is
 // rate, period_ms, burst per limit, then n, then now_ms with WithClock (else
-// empty when more follows), then the mode unless it is take, then each
-// limit's lockout_ms when any limit has a Lockout.
+// empty when more follows), then the mode when it is not take or lockouts
+// follow, then each limit's lockout_ms when any limit has a Lockout.
 //
 // It is on every decision's path, so it allocates twice for usual keys,
 // however many limits there are: every key and argument is a substring of one

@@ -20,6 +20,9 @@ import (
 // and so does anything after T. When more than size keys are denied at once,
 // the least recently used are forgotten; memory stays about size * 300 bytes.
 //
+// Limits with a Lockout are never answered from memory: in Redis, a denial
+// after a lock has ended starts a new one, which a cached answer would not.
+//
 // The trade-off: a cached denial cannot see what another process does to the
 // key. A Reset or Refund (or any script that gives capacity back) by another
 // process only takes effect here once the cached retry time has passed; a
@@ -46,6 +49,7 @@ const maxDenialsPerKey = 4
 // hash tag ("rl:{user42}") so that Reset can drop every limit of a key.
 type denyCache struct {
 	mu    sync.Mutex
+	gen   uint64 // bumped by forget: denials decided before it are stale
 	size  int
 	order *list.List // of *denyEntry, most recently used first
 	byTag map[string]*list.Element
@@ -112,16 +116,28 @@ func (c *denyCache) lookup(redisKey string, limits []Limit, n int, now time.Time
 	return res, found
 }
 
-// remember stores Redis' denial of cost n, for a request sent at sent.
-// Times in replies are rounded up to whole ms, so the denial is trusted one
-// ms less than its RetryAfter.
-func (c *denyCache) remember(redisKey string, limits []Limit, n int, sent time.Time, res Result) {
+// generation is read before a request is sent, and handed to remember.
+func (c *denyCache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+// remember stores Redis' denial of cost n, for a request sent at sent in
+// generation gen; a forget since then (a Reset or Refund that may have
+// overtaken the request) makes it stale, and it is dropped. Times in replies
+// are rounded up to whole ms, so the denial is trusted one ms less than its
+// RetryAfter.
+func (c *denyCache) remember(redisKey string, limits []Limit, n int, sent time.Time, gen uint64, res Result) {
 	if res.RetryAfter <= time.Millisecond {
 		return
 	}
 	d := denial{limits: slices.Clone(limits), n: n, at: sent, until: sent.Add(res.RetryAfter - time.Millisecond), res: res}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if gen != c.gen {
+		return
+	}
 	tag := hashTag(redisKey)
 	if el, ok := c.byTag[tag]; ok {
 		e := el.Value.(*denyEntry)
@@ -147,10 +163,12 @@ func (c *denyCache) remember(redisKey string, limits []Limit, n int, sent time.T
 	c.byTag[tag] = c.order.PushFront(&denyEntry{tag: tag, denials: []denial{d}})
 }
 
-// forget drops every cached denial of the key redisKey belongs to.
+// forget drops every cached denial of the key redisKey belongs to, and
+// makes the denials of requests still in flight stale.
 func (c *denyCache) forget(redisKey string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.gen++
 	if el, ok := c.byTag[hashTag(redisKey)]; ok {
 		c.order.Remove(el)
 		delete(c.byTag, el.Value.(*denyEntry).tag)

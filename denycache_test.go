@@ -281,3 +281,49 @@ func evalshaCalls(t *testing.T, b backend) int64 {
 	}
 	return 0
 }
+
+// TestDenyCacheSkipsLockouts: a limit with a Lockout is re-locked by the
+// next denial once its lock ends while the request still does not fit; a
+// cached answer would not re-lock it. GCRA 1 per 10s, locked 1s when denied:
+// the denial at 9.95s starts a new lock that still holds at 10.5s.
+func TestDenyCacheSkipsLockouts(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		limit := Limit{Algorithm: GCRA, Rate: 1, Period: 10 * time.Second, Lockout: time.Second}
+		for _, size := range []int{0, 100} {
+			c := &clock{ms: 1_700_000_000_000}
+			l, _ := b.cachedLimiter(t, c, size)
+			key := "locked" + strconv.Itoa(size)
+			steps := []struct {
+				at      time.Duration
+				allowed bool
+			}{{0, true}, {100 * time.Millisecond, false}, {9950 * time.Millisecond, false}, {10500 * time.Millisecond, false}, {10950 * time.Millisecond, true}}
+			start := c.ms
+			for _, s := range steps {
+				c.ms = start + s.at.Milliseconds()
+				res, err := l.Allow(ctx, key, limit)
+				require.NoError(t, err)
+				require.Equal(t, s.allowed, res.Allowed, "cache size %d, at %v", size, s.at)
+			}
+		}
+	})
+}
+
+// TestDenyCacheDropsDenialsOvertakenByForget: a denial decided before a
+// Reset or Refund of its key, but remembered after it, is stale.
+func TestDenyCacheDropsDenialsOvertakenByForget(t *testing.T) {
+	c := newDenyCache(10)
+	limits := []Limit{PerSecond(GCRA, 1)}
+	now := time.Now()
+	denied := Result{Limit: 1, RetryAfter: time.Second, ResetAfter: time.Second}
+
+	gen := c.generation() // the request is sent
+	c.forget("rl:{k}:g2:1000")
+	c.remember("rl:{k}:g2:1000", limits, 1, now, gen, denied) // its denial arrives after the forget
+	_, ok := c.lookup("rl:{k}:g2:1000", limits, 1, now)
+	require.False(t, ok, "a denial from before the forget must not be answered")
+
+	c.remember("rl:{k}:g2:1000", limits, 1, now, c.generation(), denied)
+	_, ok = c.lookup("rl:{k}:g2:1000", limits, 1, now)
+	require.True(t, ok)
+}
