@@ -60,6 +60,11 @@ func (l *Limiter) Acquire(ctx context.Context, key string, max int, lease time.D
 	if err != nil {
 		return nil, Result{}, err
 	}
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, Result{}, fmt.Errorf("luarate: lease id: %w", err)
+	}
+	le.id = hex.EncodeToString(b[:])
 	res, err := le.run(ctx, "acquire")
 	if err != nil || !res.Allowed {
 		return nil, res, err
@@ -76,7 +81,6 @@ func (l *Limiter) PeekConcurrency(ctx context.Context, key string, max int) (Res
 	if err != nil {
 		return Result{}, err
 	}
-	le.id = ""
 	return le.run(ctx, "peek")
 }
 
@@ -104,6 +108,8 @@ func (le *Lease) Extend(ctx context.Context) (bool, error) {
 	return res.Allowed, err
 }
 
+// newLease validates a concurrency limit and returns its Lease, with no id
+// yet: Acquire makes one.
 func (l *Limiter) newLease(key string, max int, lease time.Duration) (*Lease, error) {
 	switch {
 	case key == "":
@@ -113,14 +119,9 @@ func (l *Limiter) newLease(key string, max int, lease time.Duration) (*Lease, er
 	case lease <= 0 || lease%time.Millisecond != 0 || lease/time.Millisecond > maxLeaseMS:
 		return nil, fmt.Errorf("luarate: %w: lease must be a whole number of milliseconds from 1ms to %dms, got %v", ErrInvalidLimit, int64(maxLeaseMS), lease)
 	}
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return nil, fmt.Errorf("luarate: lease id: %w", err)
-	}
 	return &Lease{
 		l:     l,
 		key:   l.prefix + "{" + escapeBraces(key) + "}:" + scripts["concurrency"].keyTag,
-		id:    hex.EncodeToString(b[:]),
 		max:   max,
 		lease: lease,
 	}, nil
