@@ -387,7 +387,12 @@ func TestInsuranceClosed(t *testing.T) {
 	require.ErrorContains(t, err, "limiter closed")
 
 	// Redis back: a closed Limiter decides and resets in Redis as any other
+	// (once the client has reconnected: a call that meets the dead
+	// connection fails, as the fault table says)
 	require.NoError(t, main.Restart())
+	require.Eventually(t, func() bool {
+		return client.Do(context.Background(), client.B().Ping().Build()).Error() == nil
+	}, 10*time.Second, 10*time.Millisecond, "the client reconnects")
 	res, err := l.Allow(context.Background(), "k", PerSecond(GCRA, 10))
 	require.NoError(t, err)
 	require.False(t, res.Insured)
