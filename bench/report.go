@@ -57,8 +57,13 @@ func report(w io.Writer, r *results) int {
 			f.off.callsPerDecision(), f.on.callsPerDecision(), 100*f.drop())
 	}
 
-	checks := targets(r)
-	failed := 0
+	return printChecks(w, targets(r), "targets")
+}
+
+// printChecks prints checks as a table with a verdict each, then how many
+// of what failed, and returns that number.
+func printChecks(w io.Writer, checks []check, what string) int {
+	failed, counted := 0, 0
 	fmt.Fprintln(w, "\n| target | measured | needed | |")
 	fmt.Fprintln(w, "|---|---:|---:|---|")
 	for _, c := range checks {
@@ -70,20 +75,13 @@ func report(w io.Writer, r *results) int {
 			verdict = "FAIL"
 			failed++
 		}
+		if !c.info {
+			counted++
+		}
 		fmt.Fprintf(w, "| %s | %.2f | %s | %s |\n", c.what, c.got, c.needed(), verdict)
 	}
-	fmt.Fprintf(w, "\n%d of %d targets failed\n", failed, countTargets(checks))
+	fmt.Fprintf(w, "\n%d of %d %s failed\n", failed, counted, what)
 	return failed
-}
-
-func countTargets(cs []check) int {
-	n := 0
-	for _, c := range cs {
-		if !c.info {
-			n++
-		}
-	}
-	return n
 }
 
 // targets evaluates the targets, each as a ratio within this run.
@@ -176,20 +174,5 @@ func reportInstructions(w io.Writer, counts []instrResult) int {
 		checks = append(checks, check{what: fmt.Sprintf("%s, %s: Redis instructions / redis_rate's", c.algo, c.workload),
 			got: c.perCall / rr, bound: bound, info: strings.Contains(c.algo, "log")})
 	}
-	failed := 0
-	fmt.Fprintln(w, "\n| target | measured | needed | |")
-	fmt.Fprintln(w, "|---|---:|---:|---|")
-	for _, c := range checks {
-		verdict := "PASS"
-		switch {
-		case c.info:
-			verdict = "(reported)"
-		case !c.ok():
-			verdict = "FAIL"
-			failed++
-		}
-		fmt.Fprintf(w, "| %s | %.2f | %s | %s |\n", c.what, c.got, c.needed(), verdict)
-	}
-	fmt.Fprintf(w, "\n%d of %d instruction targets failed\n", failed, countTargets(checks))
-	return failed
+	return printChecks(w, checks, "instruction targets")
 }
