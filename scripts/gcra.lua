@@ -1,4 +1,4 @@
--- luarate: gcra v2
+-- luarate: gcra v3
 --
 -- GCRA, the generic cell rate algorithm (a token bucket kept as one timestamp).
 -- Requests are spaced one emission interval T = period_ms / rate apart; up to
@@ -13,32 +13,28 @@
 -- Modes: take (all of cost or nothing), atmost (as many of cost as fit now),
 -- refund (move TAT back by cost * T, never before now: the key is never more
 -- than full; granted is what went back, rounded up to whole requests).
--- Lockout: a denied take (or an atmost that grants nothing) on a limit with
--- lockout_ms > 0 locks that key until now + lockout_ms: every take and atmost
--- is denied until then, whatever TAT says. A request denied while locked does
--- not extend the lock; a refund does not lift it (a lock punishes what already
--- happened; if a success could lift it, one valid account would clear a lock
--- at will); deleting the key (Reset) does.
+-- Lockout: a denied take (or an atmost that grants nothing) on a limit with a
+-- lockout_ms locks that key until now + lockout_ms; see scripts/README.md.
 --
--- State: a string holding TAT in Unix microseconds, or "<TAT> <locked_until_us>"
--- while a lock may matter. TTL = TAT - now, the time until the key would be
--- empty anyway, or the lock if later. Versioned by key: callers put the script
--- version in their keys (the Go client's keys end in ":g2:<period_ms>"); v1
--- keys are not read.
+-- State: a string "gcra3 <TAT>", or "gcra3 <TAT> <locked_until>" while a lock
+-- may matter, both in Unix microseconds. A key holding anything else is
+-- refused with an error and left untouched. TTL = TAT - now, the time until
+-- the key would be full anyway, or the lock if later.
 --
--- KEYS[i]      state key of limit i, i = 1..N. All keys of one call must share
---              a hash slot in Redis Cluster: give them one {hash tag}. Keys
---              must be distinct: two limits cannot share one state.
--- ARGV         for each limit i, three values in the order of KEYS:
---   rate       integer 1..1e9, requests per period
---   period_ms  integer 1..1e12, with rate <= 1000 * period_ms
---   burst      integer 0..1e9, how many may come at once; 0 = rate
--- then:
---   cost       integer 0..burst of every limit; 0 = peek (reads, never writes)
---   now_ms     optional integer 0..4e12, Unix time in ms; missing or "" = Redis TIME
---   mode       optional "take" (default; missing or ""), "atmost" or "refund"
---   lockout_ms optional, one per limit in the order of KEYS: integer 0..1e12,
---              0 = no lockout. Given for all limits or for none.
+-- KEYS[i]     state key of limit i, i = 1..N, N <= 16. All keys of one call
+--             must share a hash slot in Redis Cluster (give them one {hash
+--             tag}) and be distinct.
+-- ARGV[i]     limit i, in the order of KEYS: "rate period_ms burst" or
+--             "rate period_ms burst lockout_ms", plain decimal integers:
+--   rate        1..1e9 requests per period, at most 1000 per ms of period
+--   period_ms   1..1e12
+--   burst       0..1e9, how many may come at once; 0 = rate;
+--               burst * period_ms / rate at most 4e12 ms
+--   lockout_ms  0..1e12; 0 or missing = no lockout
+-- ARGV[N+1]   optional cost: 0..burst of every limit; 0 = peek (reads, never
+--             writes); missing = 1
+-- ARGV[N+2]   optional now_ms: 0..4e12, Unix time in ms; missing or "" = Redis TIME
+-- ARGV[N+3]   optional mode: "take" (default; missing or ""), "atmost" or "refund"
 --
 -- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms, granted}:
 --   allowed         take: 1 if admitted (all limits consumed), else 0; atmost:
@@ -48,7 +44,7 @@
 --   remaining       requests of cost 1 that would still be admitted now; 0
 --                   while locked
 --   reset_after_ms  ms until the reported limit is back to full (or the lock
---                   ends, if later)
+--                   ends, if later); 0 when full
 --   retry_after_ms  ms until this request would be admitted (atmost: until one
 --                   unit would); while locked at least the rest of the lock;
 --                   0 when allowed
@@ -58,12 +54,64 @@
 -- With several limits all or none consume (atmost: the same amount from all),
 -- and the reply reports the tightest: the denying limit with the longest
 -- retry_after, else the fewest remaining. Each limit is refunded on its own.
--- Bad arguments get one line "ERR luarate: ..." naming the argument.
 --
--- Example (10 per second, bursts of 10, cost 1):
---   redis-cli --eval scripts/gcra.lua rl:{user42} , 10 1000 10 1
+-- Batch form: ARGV[1] = "batch", ARGV[2] = now_ms or "" (one clock for the
+-- whole batch), then for each request "<nkeys> <cost>" or "<nkeys> <cost>
+-- <mode>" followed by its nkeys limits; KEYS holds each request's keys in the
+-- same order (at most 64 requests and 128 keys). Each request is decided
+-- alone, in order, exactly as the plain form would decide it; the reply is
+-- the concatenation of their 7-integer replies, or of one error in place of
+-- the 7 integers for a request that is bad.
+--
+-- Errors: bad arguments or a key this script did not write get one line
+-- "ERR luarate: ..." naming the argument or key, and change nothing. Errors
+-- Redis raises (OOM, READONLY, NOPERM...) come back with their own code.
+--
+-- Examples (10 per second, bursts of 10, cost 1; then the same in a batch of
+-- two requests, the second with two limits):
+--   redis-cli --eval scripts/gcra.lua rl:{ex}:gcra , '10 1000 10'
+--   redis-cli --eval scripts/gcra.lua rl:{ex}:gcra rl:{ex}:gcra:s rl:{ex}:gcra:h , batch '' '1 1' '10 1000 10' '2 1' '10 1000 0' '100 3600000 0'
 
+-- The common call (one limit, no lockout, take or peek, Redis's clock) is
+-- decided here, before anything else is defined; every other call, and any
+-- argument or state this path does not accept, goes on to the general path
+-- below, which decides the same and names what is wrong.
+local key, spec, c, nargs = KEYS[1], ARGV[1], ARGV[2] or '1', #ARGV
+if #KEYS == 1 and nargs <= 2 and #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
+  local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
+  local stored = redis.pcall('GET', key)
+  local tat = type(stored) == 'string' and string.match(stored, '^gcra3 (%d+)$')
+  if rate and (tat or not stored) then
+    rate, period, burst = rate + 0, period + 0, burst + 0
+    c = c == '1' and 1 or c + 0
+    if burst == 0 then
+      burst = rate
+    end
+    local interval = math.ceil(period * 1000 / rate) -- T, in microseconds
+    local tolerance = burst * interval
+    if rate >= 1 and rate <= 1e9 and rate <= period * 1000 and period <= 1e12 and burst <= 1e9 and c <= burst and tolerance <= 4e15 then
+      local t = redis.call('TIME')
+      local now = t[1] * 1000000 + t[2]
+      tat = tat and tat + 0 or now
+      if tat < now then
+        tat = now
+      end
+      local new_tat = tat + c * interval
+      local allow_at = new_tat - tolerance
+      if now < allow_at then
+        local left = math.floor((now + tolerance - tat) / interval)
+        return {0, burst, left > 0 and left or 0, math.ceil((tat - now) / 1000), math.ceil((allow_at - now) / 1000), 0, 0}
+      end
+      local reset = math.ceil((new_tat - now) / 1000)
+      if c > 0 then
+        redis.call('SET', key, string.format('gcra3 %d', new_tat), 'PX', string.format('%d', reset))
+      end
+      return {1, burst, math.floor((now - allow_at) / interval), reset, 0, 0, c}
+    end
+  end
+end
 
+-- luarate shared: prelude (the same in every limiter script; a test keeps the copies identical)
 local function fail(fmt, ...)
   error({luarate = string.format(fmt, ...)}, 0)
 end
@@ -72,111 +120,162 @@ local function printable(s)
   return (string.gsub(string.sub(s, 1, 40), '[^%w%p ]', '?'))
 end
 
--- int reads ARGV[i] as a plain decimal integer in [min, max].
-local function int(i, name, min, max)
+-- int reads ARGV[i] as a plain decimal integer from 0 to max.
+local function int(i, name, max)
   local s = ARGV[i]
-  if s == nil then
-    fail('ARGV[%d] %s is missing', i, name)
+  if s and #s <= 13 and string.find(s, '^%d+$') then
+    local v = s + 0
+    if v <= max then
+      return v
+    end
   end
-  local v = #s <= 16 and string.find(s, '^%d+$') and tonumber(s)
-  if not v or v < min or v > max then
-    fail('ARGV[%d] %s must be an integer from %.0f to %.0f, got "%s"', i, name, min, max, printable(s))
+  fail('ARGV[%d] %s must be an integer from 0 to %.0f, got "%s"', i, name, max, printable(s or '(missing)'))
+end
+
+-- limit reads ARGV[i], "rate period_ms burst [lockout_ms]", and returns its
+-- four numbers, burst 0 meaning rate and a missing lockout_ms 0.
+local function limit(i, max_rate)
+  local s = ARGV[i] or '(missing)'
+  local r, p, b = string.match(s, '^(%d+) (%d+) (%d+)$')
+  local l = '0'
+  if not r then
+    r, p, b, l = string.match(s, '^(%d+) (%d+) (%d+) (%d+)$')
+  end
+  if not r or #r > 10 or #p > 13 or #b > 10 or #l > 13 then
+    fail('ARGV[%d] must be a limit "rate period_ms burst" or "rate period_ms burst lockout_ms" in plain digits, got "%s"', i, printable(s))
+  end
+  r, p, b, l = r + 0, p + 0, b + 0, l + 0
+  if r < 1 or r > max_rate then
+    fail('ARGV[%d] rate must be from 1 to %.0f, got %.0f', i, max_rate, r)
+  elseif p < 1 or p > 1e12 then
+    fail('ARGV[%d] period_ms must be from 1 to 1000000000000, got %.0f', i, p)
+  elseif b > 1e9 then
+    fail('ARGV[%d] burst must be from 0 (= rate) to 1000000000, got %.0f', i, b)
+  elseif l > 1e12 then
+    fail('ARGV[%d] lockout_ms must be from 0 to 1000000000000, got %.0f', i, l)
+  end
+  if b == 0 then
+    b = r
+  end
+  return r, p, b, l
+end
+
+-- clock returns now in microseconds: ARGV[i] (now_ms) if given, else Redis TIME.
+local function clock(i)
+  local s = ARGV[i]
+  if s == nil or s == '' then
+    local t = redis.call('TIME')
+    return t[1] * 1000000 + t[2]
+  end
+  return int(i, 'now_ms', 4e12) * 1000
+end
+
+-- mode reads ARGV[i]: "take" (or missing or ""), "atmost" or "refund".
+local function mode(i)
+  local s = ARGV[i]
+  if s == nil or s == '' or s == 'take' or s == 'atmost' or s == 'refund' then
+    return s == nil and '' or s
+  end
+  fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', i, printable(s))
+end
+
+-- get reads a state key: its string, or false when it does not exist.
+local function get(k)
+  local v = redis.pcall('GET', KEYS[k])
+  if type(v) == 'table' then
+    if string.find(v.err, '^WRONGTYPE') then
+      fail('KEYS[%d] holds a value that is not a string; use another key', k)
+    end
+    error(v) -- Redis's own error (NOPERM, ...), passed on with its code
   end
   return v
 end
 
--- load validates limit i of n and reads its state
--- (a function of its own rather than a closure in run: cheaper per call)
-local function load(i, n, cost, now, lockouts, cache)
-  local a = 3 * (i - 1)
-  local rate = int(a + 1, 'rate', 1, 1e9)
-  local period = int(a + 2, 'period_ms', 1, 1e12)
-  local burst = int(a + 3, 'burst', 0, 1e9)
-  if burst == 0 then
-    burst = rate
+-- tighter reports whether reply r reports a tighter limit than best does: a
+-- denial beats an admission, then the longer retry_after, then among
+-- admissions the fewer remaining.
+local function tighter(r, best)
+  if best == nil or r[1] ~= best[1] then
+    return best == nil or r[1] == 0
   end
+  if r[1] == 0 then
+    return r[5] > best[5]
+  end
+  return r[3] < best[3]
+end
+-- luarate shared: end
+
+-- load reads limit i of the request whose keys start at KEYS[k] and limits at
+-- ARGV[a], and its state as of now. stored is the key's value when already read.
+local function load(k, a, i, cost, now, stored)
+  local rate, period, burst, lockout = limit(a + i - 1, 1e9)
   if rate > period * 1000 then
-    fail('ARGV[%d] rate %.0f is over 1000 per ms of period_ms %.0f', a + 1, rate, period)
+    fail('ARGV[%d] rate %.0f is over 1000 per ms of period_ms %.0f', a + i - 1, rate, period)
   end
   local interval = math.ceil(period * 1000 / rate) -- T, in microseconds
   local tolerance = burst * interval
   if tolerance > 4e15 then
-    fail('limit %d: burst * period_ms / rate must be at most 4e12 ms', i)
+    fail('ARGV[%d] burst * period_ms / rate must be at most 4e12 ms', a + i - 1)
   end
   if cost > burst then
-    fail('ARGV[%d] cost %.0f exceeds the capacity of limit %d (burst %.0f)', 3 * n + 1, cost, i, burst)
+    fail('cost %.0f exceeds the capacity of limit %d (burst %.0f)', cost, i, burst)
   end
-  local lockout = lockouts and int(3 * n + 3 + i, 'lockout_ms', 0, 1e12) * 1000 or 0
-
-  local stored = cache and cache[i]
   if stored == nil then
-    stored = redis.pcall('GET', KEYS[i])
-    if cache then
-      cache[i] = stored
-    end
+    stored = get(k + i - 1)
   end
-  if type(stored) == 'table' then
-    fail('KEYS[%d] holds a value that is not a string; use another key', i)
-  end
-  local tat, lock = now, 0
+  local lim = {burst = burst, interval = interval, tolerance = tolerance, lockout = lockout * 1000, tat = now, lock = 0}
   if stored then
-    local t = #stored <= 16 and string.find(stored, '^%d+$') and tonumber(stored)
+    local t, l = string.match(stored, '^gcra3 (%d+)$'), '0'
     if not t then
-      local s, l = string.match(stored, '^(%d+) (%d+)$')
-      if not s or #s > 16 or #l > 16 then
-        fail('KEYS[%d] holds a value gcra v2 did not write; use another key', i)
-      end
-      t, lock = tonumber(s), tonumber(l)
+      t, l = string.match(stored, '^gcra3 (%d+) (%d+)$')
     end
-    if t > tat then
-      tat = t
+    if not t or #t > 16 or #l > 16 then
+      fail('KEYS[%d] holds a value gcra v3 did not write; use another key', k + i - 1)
     end
+    t = t + 0
+    if t > now then
+      lim.tat = t
+    end
+    lim.lock = l + 0
   end
-  return burst, interval, tolerance, lockout, tat, lock
+  return lim
 end
 
-local function run()
-  local n = #KEYS
-  if n == 0 then
-    fail('need at least one key')
+-- state is what a key holds after a decision: the value and its TTL in ms,
+-- or false when the key is full and unlocked and needs no state.
+local function state(lim, now)
+  if lim.lock > now then
+    local last = lim.tat > lim.lock and lim.tat or lim.lock
+    return {string.format('gcra3 %d %d', lim.tat, lim.lock), math.ceil((last - now) / 1000)}
+  elseif lim.tat > now then
+    return {string.format('gcra3 %d', lim.tat), math.ceil((lim.tat - now) / 1000)}
   end
-  local nargs = #ARGV
-  if nargs ~= 3 * n + 1 and nargs ~= 3 * n + 2 and nargs ~= 3 * n + 3 and nargs ~= 4 * n + 3 then
-    fail('expected %d, %d, %d or %d ARGV (rate, period_ms, burst per key, then cost [now_ms [mode [lockout_ms per key]]]), got %d',
-      3 * n + 1, 3 * n + 2, 3 * n + 3, 4 * n + 3, nargs)
-  end
+  return false
+end
+
+-- decide answers one request: n limits with keys from KEYS[k] and limits from
+-- ARGV[a], taking cost in mode at now (microseconds); stored is KEYS[k]'s value
+-- when already read. It validates everything before it writes anything.
+local function decide(k, n, a, cost, how, now, stored)
   for i = 2, n do
     for j = 1, i - 1 do
-      if KEYS[i] == KEYS[j] then
-        fail('KEYS[%d] repeats KEYS[%d]; give each limit its own key', i, j)
+      if KEYS[k + i - 1] == KEYS[k + j - 1] then
+        fail('KEYS[%d] repeats KEYS[%d]; give each limit its own key', k + i - 1, k + j - 1)
       end
     end
   end
-  local cost = int(3 * n + 1, 'cost', 0, 1e9)
-  local mode = ARGV[3 * n + 3]
-  local atmost, refund = mode == 'atmost', mode == 'refund'
-  if not (atmost or refund or mode == nil or mode == '' or mode == 'take') then
-    fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', 3 * n + 3, printable(mode))
+  local lims = {load(k, a, 1, cost, now, stored)}
+  for i = 2, n do
+    lims[i] = load(k, a, i, cost, now)
   end
-  local lockouts = nargs == 4 * n + 3
-  local now
-  if ARGV[3 * n + 2] == nil or ARGV[3 * n + 2] == '' then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  else
-    now = int(3 * n + 2, 'now_ms', 0, 4e12) * 1000
-  end
-
-  local cache -- atmost: the first pass's GET replies, so each key is read once
   local take = cost -- what every limit is charged
-  if refund then
+  if how == 'refund' then
     take = 0
-  elseif atmost and cost > 0 then
-    cache = {}
+  elseif how == 'atmost' and cost > 0 then
     for i = 1, n do
-      local _, interval, tolerance, _, tat, lock = load(i, n, cost, now, lockouts, cache)
-      local left = math.floor((now + tolerance - tat) / interval)
-      if lock > now or left <= 0 then
+      local lim = lims[i]
+      local left = math.floor((now + lim.tolerance - lim.tat) / lim.interval)
+      if lim.lock > now or left <= 0 then
         take = 0
       elseif left < take then
         take = left
@@ -188,82 +287,127 @@ local function run()
   end
 
   local reply
-  local writes, forced = {}, nil -- admissions; locks and refunds
+  local writes = {} -- key index -> state to write, when the request is decided
   for i = 1, n do
-    local burst, interval, tolerance, lockout, tat, lock = load(i, n, cost, now, lockouts, cache)
+    local lim = lims[i]
     local given = 0
-    if refund and tat > now then
-      local back = tat - cost * interval
+    if how == 'refund' and lim.tat > now then
+      local back = lim.tat - cost * lim.interval
       if back < now then
         back = now
       end
-      given = math.ceil((tat - back) / interval)
-      tat = back
+      given = math.ceil((lim.tat - back) / lim.interval)
+      lim.tat = back
     end
-    local new_tat = tat + take * interval
-    local allow_at = new_tat - tolerance
-    local reset = math.ceil((tat - now) / 1000)
+    local new_tat = lim.tat + take * lim.interval
+    local allow_at = new_tat - lim.tolerance
+    local reset = math.ceil((lim.tat - now) / 1000)
     local fits = now >= allow_at
-    if not fits and take > 0 and lockout > 0 and lock <= now then
-      lock = now + lockout
-      forced = forced or {}
-      forced[i] = {string.format('%d %d', tat, lock), math.ceil(((tat > lock and tat or lock) - now) / 1000)}
-    elseif given > 0 then
-      forced = forced or {}
-      if lock > now then
-        forced[i] = {string.format('%d %d', tat, lock), math.ceil(((tat > lock and tat or lock) - now) / 1000)}
-      elseif tat > now then
-        forced[i] = {string.format('%d', tat), reset}
-      else
-        forced[i] = {false} -- full: no state needed
-      end
+    local locks = not fits and take > 0 and lim.lockout > 0 and lim.lock <= now
+    if locks then
+      lim.lock = now + lim.lockout
     end
     local r
-    if lock > now then
+    if lim.lock > now then
       -- locked: denied until the lock ends, or later if it would not fit then
-      local wait = math.ceil((lock - now) / 1000)
+      local wait = math.ceil((lim.lock - now) / 1000)
       local retry = fits and 0 or math.ceil((allow_at - now) / 1000)
-      r = {0, burst, 0, reset > wait and reset or wait, retry > wait and retry or wait, 0, given}
+      r = {0, lim.burst, 0, reset > wait and reset or wait, retry > wait and retry or wait, 0, given}
     elseif fits then
-      r = {1, burst, math.floor((now - allow_at) / interval), math.ceil((new_tat - now) / 1000), 0, 0, given + take}
-      writes[i] = new_tat
+      r = {1, lim.burst, math.floor((now - allow_at) / lim.interval), math.ceil((new_tat - now) / 1000), 0, 0, given + take}
     else
-      local left = math.floor((now + tolerance - tat) / interval)
-      if left < 0 then
-        left = 0
-      end
-      r = {0, burst, left, reset, math.ceil((allow_at - now) / 1000), 0, given}
+      local left = math.floor((now + lim.tolerance - lim.tat) / lim.interval)
+      r = {0, lim.burst, left > 0 and left or 0, reset, math.ceil((allow_at - now) / 1000), 0, given}
     end
-    if reply == nil
-      or (r[1] == 0 and (reply[1] == 1 or r[5] > reply[5]))
-      or (r[1] == reply[1] and r[1] == 1 and r[3] < reply[3]) then
+    if locks or given > 0 then
+      writes[i] = state(lim, now) -- written whatever the other limits decide
+    end
+    if fits and take > 0 and lim.lock <= now then
+      lim.tat = new_tat
+      lims[i].admitted = state(lim, now) -- written only if every limit admits
+    end
+    if tighter(r, reply) then
       reply = r
     end
   end
 
-  -- reply is a denying limit whenever any limit denies: then only locks are written
-  if reply[1] == 1 and take > 0 then
-    for i = 1, n do
-      redis.call('SET', KEYS[i], string.format('%d', writes[i]), 'PX', math.ceil((writes[i] - now) / 1000))
+  -- reply is a denying limit whenever any limit denies: then only locks and
+  -- refunds are written
+  for i = 1, n do
+    local w = writes[i]
+    if reply[1] == 1 and take > 0 then
+      w = lims[i].admitted
     end
-  elseif forced then
-    for i = 1, n do
-      local w = forced[i]
-      if w and w[1] then
-        redis.call('SET', KEYS[i], w[1], 'PX', w[2])
-      elseif w then
-        redis.call('DEL', KEYS[i])
-      end
+    if w then
+      redis.call('SET', KEYS[k + i - 1], w[1], 'PX', w[2])
+    elseif w == false then
+      redis.call('DEL', KEYS[k + i - 1])
     end
   end
   return reply
 end
 
+-- luarate shared: entry (the same in every limiter script)
+-- run answers the plain form, or each request of a batch.
+local function run()
+  local nkeys, nargs = #KEYS, #ARGV
+  if ARGV[1] ~= 'batch' then
+    if nkeys == 0 or nkeys > 16 then
+      fail('need 1 to 16 keys, one per limit, got %d', nkeys)
+    elseif nargs < nkeys or nargs > nkeys + 3 then
+      fail('expected %d to %d ARGV (a limit per key, then [cost [now_ms [mode]]]), got %d', nkeys, nkeys + 3, nargs)
+    end
+    local how = mode(nkeys + 3)
+    local cost = nargs == nkeys and 1 or int(nkeys + 1, 'cost', 1e9)
+    return decide(1, nkeys, 1, cost, how, clock(nkeys + 2))
+  end
+
+  -- a batch: check its shape first, so a refused batch changes nothing
+  local requests, k, a = {}, 1, 3
+  while a <= nargs do
+    local h = ARGV[a]
+    local n, cost, how = string.match(h, '^(%d+) (%d+)$')
+    if not n then
+      n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+    end
+    if not n or #n > 2 or #cost > 10 or (how and how ~= 'take' and how ~= 'atmost' and how ~= 'refund') then
+      fail('ARGV[%d] must be a request "nkeys cost" or "nkeys cost mode", got "%s"', a, printable(h))
+    end
+    n = n + 0
+    if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
+      fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, #requests + 1, printable(h))
+    end
+    requests[#requests + 1] = {k, n, a + 1, cost + 0, how or ''}
+    k, a = k + n, a + n + 1
+  end
+  if #requests == 0 or #requests > 64 or nkeys > 128 or k <= nkeys then
+    fail('a batch needs 1 to 64 requests whose nkeys add up to #KEYS (at most 128), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
+  end
+  local now = clock(2)
+  local out = {}
+  for j = 1, #requests do
+    local q = requests[j]
+    local ok, r = pcall(decide, q[1], q[2], q[3], q[4], q[5], now)
+    if ok then
+      for i = 1, 7 do
+        out[#out + 1] = r[i]
+      end
+    elseif type(r) == 'table' and r.luarate then
+      out[#out + 1] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
+    else
+      error(r) -- Redis's own error fails the whole batch
+    end
+  end
+  return out
+end
+
 local ok, res = pcall(run)
 if ok then
   return res
-end
-if type(res) == 'table' and res.luarate then
+elseif type(res) == 'table' and res.luarate then
   return redis.error_reply('ERR luarate: ' .. res.luarate)
+elseif type(res) == 'table' and res.err then
+  return res -- Redis's own error, with its code
 end
-return redis.error_reply('ERR luarate: gcra failed: ' .. tostring(res))
+return redis.error_reply('ERR luarate: ' .. tostring(res))
+-- luarate shared: end
