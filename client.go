@@ -51,6 +51,8 @@ type Limiter struct {
 	now       func() time.Time
 	denies    *denyCache // nil unless WithDenyCache
 	insurance *insurance // nil unless WithInsurance
+	batching  bool       // WithBatching; default true
+	batch     *batcher   // nil when batching is off
 }
 
 // Option configures a Limiter.
@@ -81,9 +83,12 @@ func (l *Limiter) clock() time.Time {
 // New returns a Limiter that runs the scripts on client. For miniredis, build
 // the client with DisableCache and ForceSingleClient.
 func New(client rueidis.Client, opts ...Option) *Limiter {
-	l := &Limiter{client: client, prefix: "rl:"}
+	l := &Limiter{client: client, prefix: "rl:", batching: true}
 	for _, o := range opts {
 		o(l)
+	}
+	if l.batching && client != nil {
+		l.batch = newBatcher(client)
 	}
 	return l
 }
@@ -194,11 +199,10 @@ func (l *Limiter) decide(ctx context.Context, key string, n int, m mode, limits 
 			return res, nil
 		}
 	}
-	reply, insured, err := l.exec(ctx, script, keys, args) // Redis, or WithInsurance's fallback
+	res, insured, err := l.exec(ctx, script, keys, args) // Redis, or WithInsurance's fallback
 	if err != nil {
 		return Result{}, err
 	}
-	res, err := parseResult(reply)
 	res.Insured = insured
 	if err == nil && cached && n > 0 && !res.Allowed && !insured {
 		l.denies.remember(keys[0], limits, n, sent, gen, res)
@@ -246,15 +250,29 @@ func redisError(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
+// eval runs one decision's script call in Redis: batched with others of its
+// lane when batching is on. Errors are the client's, unwrapped.
+func (l *Limiter) eval(ctx context.Context, script *loadedScript, keys, args []string) (Result, error) {
+	if l.batch != nil {
+		return l.batch.do(ctx, script, keys, args)
+	}
+	return evalOne(ctx, l.client, script, keys, args)
+}
+
+// unavailableCodes are the Redis errors that mean Redis did not decide: it
+// is out of memory, a replica, without enough replicas, loading, busy with a
+// script, or a cluster failing over or migrating a slot.
+var unavailableCodes = []string{"OOM", "READONLY", "NOREPLICAS", "MASTERDOWN", "LOADING", "BUSY", "CLUSTERDOWN", "TRYAGAIN"}
+
 func unavailable(err error) bool {
-	if rueidis.IsRedisNil(err) {
+	if rueidis.IsRedisNil(err) || errors.Is(err, ErrInvalidResponse) {
 		return false
 	}
 	redisErr, ok := rueidis.IsRedisErr(err)
 	if !ok {
 		return true // no reply: refused, closed, timed out, cancelled
 	}
-	for _, code := range []string{"LOADING", "BUSY", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "READONLY"} {
+	for _, code := range unavailableCodes {
 		if strings.HasPrefix(redisErr.Error(), code+" ") {
 			return true
 		}
@@ -263,11 +281,13 @@ func unavailable(err error) bool {
 }
 
 // command validates a call and returns its script, Redis keys and ARGV.
-// Keys are prefix{key}:<script tag>:<period ms>, e.g. "rl:{user42}:g2:1000";
+// Keys are prefix{key}:<script tag>:<period ms>, e.g. "rl:{user42}:g3:1000";
 // the {key} hash tag puts every limit of one key in one Cluster slot. ARGV is
-// rate, period_ms, burst per limit, then n, then now_ms with WithClock (else
-// empty when more follows), then the mode when it is not take or lockouts
-// follow, then each limit's lockout_ms when any limit has a Lockout.
+// one "rate period_ms burst" per limit (with " lockout_ms" when it has a
+// Lockout), then n, then now_ms with WithClock (else empty when the mode
+// follows), then the mode when it is not take. A lone take of one unit on
+// the server clock sends no n: the scripts' default, and one argument less
+// for Redis to parse.
 //
 // It is on every decision's path, so it allocates twice for usual keys,
 // however many limits there are: every key and argument is a substring of one
@@ -276,8 +296,8 @@ func (l *Limiter) command(key string, n int, m mode, limits []Limit) (*loadedScr
 	if key == "" {
 		return nil, nil, nil, fmt.Errorf("luarate: %w: key must not be empty", ErrInvalidRequest)
 	}
-	if len(limits) == 0 {
-		return nil, nil, nil, fmt.Errorf("luarate: %w: need at least one limit", ErrInvalidRequest)
+	if len(limits) == 0 || len(limits) > maxLimits {
+		return nil, nil, nil, fmt.Errorf("luarate: %w: need 1 to %d limits, got %d", ErrInvalidRequest, maxLimits, len(limits))
 	}
 	for i, lim := range limits {
 		if err := lim.Validate(); err != nil {
@@ -296,28 +316,27 @@ func (l *Limiter) command(key string, n int, m mode, limits []Limit) (*loadedScr
 		if n < 0 || n > lim.Capacity() {
 			return nil, nil, nil, fmt.Errorf("luarate: %w: n must be from 0 to the capacity %d, got %d", ErrInvalidRequest, lim.Capacity(), n)
 		}
+		if lim.Algorithm == SlidingWindowLog && n > maxLogCost {
+			return nil, nil, nil, fmt.Errorf("luarate: %w: sliding_window_log takes at most %d units per call, got %d", ErrInvalidRequest, maxLogCost, n)
+		}
 	}
 	script := scripts[limits[0].Algorithm.String()]
 	escaped := escapeBraces(key)
 
 	// One buffer holds every key, then every argument; ends[i] is where the
 	// i-th of them stops.
-	lockouts := false
-	for _, lim := range limits {
-		lockouts = lockouts || lim.Lockout > 0
-	}
-	withMode := m != modeTake || lockouts
-	nargs := 3*len(limits) + 1
+	withMode := m != modeTake
+	nargs := len(limits)
 	switch {
-	case lockouts:
-		nargs += 2 + len(limits)
 	case withMode:
-		nargs += 2
+		nargs += 3
 	case l.now != nil:
+		nargs += 2
+	case n != 1:
 		nargs++
 	}
 	parts := make([]string, len(limits)+nargs)
-	var ends [32]int
+	var ends [2*maxLimits + 3]int
 	end := ends[:0]
 	var stack [256]byte // grows onto the heap only for long keys
 	buf := stack[:0]
@@ -332,15 +351,13 @@ func (l *Limiter) command(key string, n int, m mode, limits []Limit) (*loadedScr
 		end = append(end, len(buf))
 	}
 	for _, lim := range limits {
-		buf = strconv.AppendInt(buf, int64(lim.Rate), 10)
-		end = append(end, len(buf))
-		buf = strconv.AppendInt(buf, int64(lim.Period/time.Millisecond), 10)
-		end = append(end, len(buf))
-		buf = strconv.AppendInt(buf, int64(lim.Burst), 10)
+		buf = appendLimit(buf, lim)
 		end = append(end, len(buf))
 	}
-	buf = strconv.AppendInt(buf, int64(n), 10)
-	end = append(end, len(buf))
+	if nargs > len(limits) {
+		buf = strconv.AppendInt(buf, int64(n), 10)
+		end = append(end, len(buf))
+	}
 	if l.now != nil {
 		buf = strconv.AppendInt(buf, l.now().UnixMilli(), 10)
 		end = append(end, len(buf))
@@ -351,12 +368,6 @@ func (l *Limiter) command(key string, n int, m mode, limits []Limit) (*loadedScr
 		buf = append(buf, modeNames[m]...)
 		end = append(end, len(buf))
 	}
-	if lockouts {
-		for _, lim := range limits {
-			buf = strconv.AppendInt(buf, int64(lim.Lockout/time.Millisecond), 10)
-			end = append(end, len(buf))
-		}
-	}
 	all := string(buf)
 	start := 0
 	for i, e := range end {
@@ -364,6 +375,21 @@ func (l *Limiter) command(key string, n int, m mode, limits []Limit) (*loadedScr
 		start = e
 	}
 	return script, parts[:len(limits):len(limits)], parts[len(limits):], nil
+}
+
+// appendLimit appends lim as the scripts read it: "rate period_ms burst", and
+// " lockout_ms" when it has a Lockout.
+func appendLimit(buf []byte, lim Limit) []byte {
+	buf = strconv.AppendInt(buf, int64(lim.Rate), 10)
+	buf = append(buf, ' ')
+	buf = strconv.AppendInt(buf, int64(lim.Period/time.Millisecond), 10)
+	buf = append(buf, ' ')
+	buf = strconv.AppendInt(buf, int64(lim.Burst), 10)
+	if lim.Lockout > 0 {
+		buf = append(buf, ' ')
+		buf = strconv.AppendInt(buf, int64(lim.Lockout/time.Millisecond), 10)
+	}
+	return buf
 }
 
 // escapeBraces makes s safe inside a {hash tag}: it escapes '%', '{' and '}'

@@ -134,9 +134,9 @@ func (le *Lease) run(ctx context.Context, op string) (Result, error) {
 		args = append(args, strconv.FormatInt(le.l.now().UnixMilli(), 10))
 	}
 	s := scripts["concurrency"]
-	reply, err := s.lua.Exec(ctx, le.l.client, []string{le.key}, args).ToMessage()
+	res, err := evalOne(ctx, le.l.client, s, []string{le.key}, args)
 	if err != nil {
 		return Result{}, redisError("concurrency script", err)
 	}
-	return parseResult(reply)
+	return res, nil
 }

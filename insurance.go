@@ -159,27 +159,28 @@ type embedded struct {
 
 // exec runs script in Redis, or on the insurance while Redis is unavailable.
 // insured says which answered. Errors from Redis are wrapped by redisError.
-func (l *Limiter) exec(ctx context.Context, script *loadedScript, keys, args []string) (reply rueidis.RedisMessage, insured bool, err error) {
+func (l *Limiter) exec(ctx context.Context, script *loadedScript, keys, args []string) (res Result, insured bool, err error) {
 	what := script.Name + " script"
 	call := func() error {
-		reply, err = script.lua.Exec(ctx, l.client, keys, args).ToMessage()
+		res, err = l.eval(ctx, script, keys, args)
 		return err
 	}
 	if l.insurance == nil {
 		if call() != nil {
-			return reply, false, redisError(what, err)
+			return res, false, redisError(what, err)
 		}
-		return reply, false, nil
+		return res, false, nil
 	}
 	fallback, redisErr := l.insurance.viaRedis(ctx, what, call)
 	if !fallback {
-		return reply, false, redisErr
+		return res, false, redisErr
 	}
-	reply, err = l.insurance.exec(ctx, l.clock(), script, keys, args)
+	reply, err := l.insurance.exec(ctx, l.clock(), script, keys, args)
 	if err != nil {
-		return reply, false, insuranceError(what, err, redisErr)
+		return res, false, insuranceError(what, err, redisErr)
 	}
-	return reply, true, nil
+	res, err = parseResult(reply)
+	return res, true, err
 }
 
 // del deletes keys in Redis and in the insurance, for Reset. Under the

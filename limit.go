@@ -52,6 +52,11 @@ const (
 	maxRate     = 1_000_000_000
 	maxPeriodMS = 1_000_000_000_000
 	maxLogRate  = 1_000_000 // a sliding window log stores one entry per unit
+	maxLogCost  = 1_000_000 // units one sliding_window_log call may add
+	maxLimits   = 16        // limits of one call
+	// maxFullMS bounds the time a bucket or GCRA takes to refill from empty
+	// (Burst * Period / Rate), so every reply fits a time.Duration.
+	maxFullMS = 4_000_000_000_000
 )
 
 // Capacity is the most a key can hold at once: Burst, or Rate when Burst is 0.
@@ -103,6 +108,9 @@ func (l Limit) Validate() error {
 	case TokenBucket, LeakyBucket, LeakyQueue:
 		if float64(l.Capacity())*float64(ms/gcd(int64(l.Rate), ms)) > 4e15 {
 			return bad("burst * period / gcd(rate, period in ms) must be at most 4e15")
+		}
+		if float64(l.Capacity())*float64(ms)/float64(l.Rate) > maxFullMS {
+			return bad("burst * period / rate (the time to refill from empty) must be at most %dms", int64(maxFullMS))
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package luarate
 
 import (
 	"errors"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -50,19 +51,31 @@ type Result struct {
 // {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms, granted}.
 const replyLen = 7
 
+// maxReplyMS is the longest wait a reply may carry: the most milliseconds a
+// time.Duration holds. The scripts' bounds keep every valid limit's replies
+// far below it.
+const maxReplyMS = math.MaxInt64 / int64(time.Millisecond)
+
 // parseResult decodes a script reply, checking its shape instead of trusting it.
 func parseResult(msg rueidis.RedisMessage) (Result, error) {
 	arr, err := msg.ToArray()
 	if err != nil || len(arr) != replyLen {
 		return Result{}, ErrInvalidResponse
 	}
+	return parseInts(arr)
+}
+
+// parseInts decodes the 7 integers of one decision, rejecting any value out
+// of its range rather than wrapping it.
+func parseInts(arr []rueidis.RedisMessage) (Result, error) {
 	var v [replyLen]int64
 	for i := range v {
+		var err error
 		if v[i], err = arr[i].AsInt64(); err != nil || v[i] < 0 {
 			return Result{}, ErrInvalidResponse
 		}
 	}
-	if v[0] > 1 {
+	if v[0] > 1 || v[1] > maxRate || v[2] > maxRate || v[6] > maxRate || v[3] > maxReplyMS || v[4] > maxReplyMS || v[5] > maxReplyMS {
 		return Result{}, ErrInvalidResponse
 	}
 	return Result{
