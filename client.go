@@ -216,7 +216,7 @@ func (l *Limiter) Reset(ctx context.Context, key string, limit Limit) error {
 	if err != nil {
 		return err
 	}
-	err = l.del(ctx, keys) // in Redis, and in WithInsurance's fallback
+	err = l.delInsured(ctx, keys) // in Redis, and in WithInsurance's fallback
 	if l.denies != nil {
 		// after the DEL: a denial decided before it and remembered after
 		// this is dropped by the cache's generation
@@ -235,6 +235,23 @@ func anyLockout(limits []Limit) bool {
 		}
 	}
 	return false
+}
+
+// eval runs script in Redis. Its errors are wrapped by redisError.
+func (l *Limiter) eval(ctx context.Context, script *loadedScript, keys, args []string) (rueidis.RedisMessage, error) {
+	reply, err := script.lua.Exec(ctx, l.client, keys, args).ToMessage()
+	if err != nil {
+		return reply, redisError(script.Name+" script", err)
+	}
+	return reply, nil
+}
+
+// del deletes keys in Redis, for Reset. Its errors are wrapped by redisError.
+func (l *Limiter) del(ctx context.Context, keys []string) error {
+	if err := l.client.Do(ctx, l.client.B().Del().Key(keys...).Build()).Error(); err != nil {
+		return redisError("luarate: reset", err)
+	}
+	return nil
 }
 
 // redisError wraps an error of the Redis client, adding ErrUnavailable when

@@ -160,16 +160,14 @@ type embedded struct {
 // exec runs script in Redis, or on the insurance while Redis is unavailable.
 // insured says which answered. Errors from Redis are wrapped by redisError.
 func (l *Limiter) exec(ctx context.Context, script *loadedScript, keys, args []string) (reply rueidis.RedisMessage, insured bool, err error) {
+	if l.insurance == nil {
+		reply, err = l.eval(ctx, script, keys, args)
+		return reply, false, err
+	}
 	what := script.Name + " script"
 	call := func() error {
-		reply, err = script.lua.Exec(ctx, l.client, keys, args).ToMessage()
+		reply, err = l.eval(ctx, script, keys, args)
 		return err
-	}
-	if l.insurance == nil {
-		if call() != nil {
-			return reply, false, redisError(what, err)
-		}
-		return reply, false, nil
 	}
 	fallback, redisErr := l.insurance.viaRedis(ctx, what, call)
 	if !fallback {
@@ -182,19 +180,16 @@ func (l *Limiter) exec(ctx context.Context, script *loadedScript, keys, args []s
 	return reply, true, nil
 }
 
-// del deletes keys in Redis and in the insurance, for Reset. Under the
+// delInsured deletes keys in Redis and in the insurance, for Reset. Under the
 // insurance a failing Redis is not an error: see WithInsurance.
-func (l *Limiter) del(ctx context.Context, keys []string) error {
-	call := func() error { return l.client.Do(ctx, l.client.B().Del().Key(keys...).Build()).Error() }
+func (l *Limiter) delInsured(ctx context.Context, keys []string) error {
 	if l.insurance == nil {
-		if err := call(); err != nil {
-			return redisError("luarate: reset", err)
-		}
-		return nil
+		return l.del(ctx, keys)
 	}
 	if err := l.insurance.del(ctx, keys); err != nil {
 		return insuranceError("luarate: reset", err, nil)
 	}
+	call := func() error { return l.del(ctx, keys) }
 	if fallback, err := l.insurance.viaRedis(ctx, "luarate: reset", call); !fallback {
 		return err
 	}
@@ -202,10 +197,11 @@ func (l *Limiter) del(ctx context.Context, keys []string) error {
 }
 
 // viaRedis runs call against Redis unless decisions are on the insurance, and
-// switches on what Redis answered. fallback says the insurance must decide:
-// Redis was skipped (err is nil) or unavailable (err wraps ErrUnavailable).
-// A context that ended before the call, or that the caller cancelled, says
-// nothing about Redis: it switches nothing and its error is returned.
+// switches on what Redis answered. call's errors are wrapped by redisError.
+// fallback says the insurance must decide: Redis was skipped (err is nil) or
+// unavailable (err wraps ErrUnavailable). A context that ended before the
+// call, or that the caller cancelled, says nothing about Redis: it switches
+// nothing and its error is returned.
 func (ins *insurance) viaRedis(ctx context.Context, what string, call func() error) (fallback bool, err error) {
 	if err := ctx.Err(); err != nil {
 		return false, redisError(what, err)
@@ -215,14 +211,10 @@ func (ins *insurance) viaRedis(ctx context.Context, what string, call func() err
 		return true, nil
 	}
 	err = call()
-	if err == nil || !unavailable(err) {
+	if !errors.Is(err, ErrUnavailable) {
 		ins.up(gen)
-		if err != nil {
-			return false, redisError(what, err)
-		}
-		return false, nil
+		return false, err
 	}
-	err = redisError(what, err)
 	if errors.Is(err, context.Canceled) {
 		return false, err
 	}
