@@ -94,7 +94,7 @@ func BenchmarkKeys(b *testing.B) {
 	limits := []Limit{PerSecond(GCRA, 100)}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, _, err := l.command("user42", 1, modeTake, limits); err != nil {
+		if _, _, _, err := l.command("user42", 1, OpTake, limits); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -315,7 +315,7 @@ func TestKeyOfAnotherTypeIsLeftUntouched(t *testing.T) {
 		for _, algo := range limiterAlgorithms {
 			l := b.limiter(&clock{ms: 1_700_000_000_000})
 			limit := PerSecond(algo, 10)
-			_, keys, _, err := l.command("typed", 0, modeTake, []Limit{limit})
+			_, keys, _, err := l.command("typed", 0, OpTake, []Limit{limit})
 			require.NoError(t, err)
 			key := keys[0]
 

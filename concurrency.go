@@ -133,9 +133,5 @@ func (le *Lease) run(ctx context.Context, op string) (Result, error) {
 	if le.l.now != nil {
 		args = append(args, strconv.FormatInt(le.l.now().UnixMilli(), 10))
 	}
-	reply, err := le.l.eval(ctx, scripts["concurrency"], []string{le.key}, args)
-	if err != nil {
-		return Result{}, err
-	}
-	return parseResult(reply)
+	return le.l.inRedis(ctx, scripts["concurrency"], []string{le.key}, args)
 }

@@ -27,7 +27,7 @@ func TestMemoryUsage(t *testing.T) {
 			require.NoError(t, err)
 			require.True(t, res.Allowed)
 		}
-		_, keys, _, err := l.command(key, 0, modeTake, []Limit{lim})
+		_, keys, _, err := l.command(key, 0, OpTake, []Limit{lim})
 		require.NoError(t, err)
 		bytes, err := client.Do(ctx, client.B().MemoryUsage().Key(keys[0]).Samples(0).Build()).AsInt64()
 		require.NoError(t, err)
