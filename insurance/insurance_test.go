@@ -590,3 +590,121 @@ func TestInsuranceDenialsNotCached(t *testing.T) {
 	require.False(t, res.Insured)
 	require.True(t, res.Allowed, "answered from the insurance's denial")
 }
+
+// TestInsuranceHandBack kills a real redis-server under 64 goroutines spread
+// over 4 instances and restarts it: no call decides on insurance state the
+// switch back to Redis already cleared, so over the outage each instance
+// admits at most its share on the insurance, however many calls were on
+// their way to it when Redis came back.
+func TestInsuranceHandBack(t *testing.T) {
+	s, client := ownServer(t)
+	c := newClock() // fixed: nothing refills during the test
+	wall := &wallClock{t: time.Unix(1_000_000, 0)}
+	limit := luarate.PerHour(luarate.FixedWindow, 40) // a share of 10 per instance
+	const instances, perInstance = 4, 16
+	type instance struct {
+		*insured
+		logs            *logBuffer
+		calls, admitted atomic.Int64 // admitted: by the insurance
+		lastInsured     atomic.Bool
+	}
+	var inst [instances]*instance
+	for i := range inst {
+		l, _, logs := insuredLimiter(t, backend{client: client, prefix: "handback:"}, c, instances)
+		l.ins.wall = wall.now // all on one Retry clock, moved by hand
+		inst[i] = &instance{insured: l, logs: logs}
+	}
+
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for _, in := range inst {
+		for range perInstance {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 20_000 { // bounded; stopped long before
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+					res, err := in.Allow(ctx, "hot", limit)
+					cancel()
+					if err != nil {
+						t.Errorf("call: %v", err)
+						return
+					}
+					in.calls.Add(1)
+					in.lastInsured.Store(res.Insured)
+					if res.Insured && res.Allowed {
+						in.admitted.Add(1)
+					}
+				}
+			}()
+		}
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				close(stop)
+				wg.Wait()
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	every := func(f func(in *instance) bool) func() bool {
+		return func() bool {
+			for _, in := range inst {
+				if !f(in) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	waitFor("traffic", every(func(in *instance) bool { return in.calls.Load() > 100 }))
+	s.Kill()
+	var mark [instances]int64
+	waitFor("the insurance", every(func(in *instance) bool { return in.ins.on.Load() }))
+	for i, in := range inst {
+		mark[i] = in.calls.Load()
+	}
+	waitFor("insured traffic", func() bool {
+		for i, in := range inst {
+			if in.calls.Load() < mark[i]+200 {
+				return false
+			}
+		}
+		return true
+	})
+	require.NoError(t, s.Restart())
+	require.Eventually(t, func() bool {
+		return client.Do(context.Background(), client.B().Ping().Build()).Error() == nil
+	}, 10*time.Second, time.Millisecond, "the client reconnects")
+	wall.add(DefaultRetry) // the next call of each instance tries Redis
+	waitFor("the switch back", every(func(in *instance) bool { return !in.ins.on.Load() }))
+	for i, in := range inst {
+		mark[i] = in.calls.Load()
+	}
+	waitFor("traffic on Redis", func() bool {
+		for i, in := range inst {
+			if in.calls.Load() < mark[i]+200 || in.lastInsured.Load() {
+				return false
+			}
+		}
+		return true
+	})
+	close(stop)
+	wg.Wait()
+
+	for i, in := range inst {
+		outages := int64(in.logs.lines(logDown))
+		t.Logf("instance %d: %d calls, %d admitted by the insurance in %d outage(s)", i, in.calls.Load(), in.admitted.Load(), outages)
+		require.Equal(t, int64(1), outages, in.logs.String())
+		require.LessOrEqual(t, in.admitted.Load(), 10*outages, "instance %d admitted more than its share on the insurance", i)
+	}
+}
