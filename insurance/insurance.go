@@ -17,8 +17,9 @@
 // Every error that wraps luarate.ErrUnavailable switches the Limiter to the
 // insurance: that call and all calls for the next Retry are decided in the
 // process, with no wait for Redis. Then one call tries Redis again; when
-// Redis answers, decisions go back to it and the insurance is emptied. Both
-// switches are logged once. A context that ended before the call, or that
+// Redis answers, decisions go back to it and the insurance is emptied once
+// the decisions under way on it are done; a call still on its way to it then
+// asks Redis. Both switches are logged once. A context that ended before the call, or that
 // the caller cancelled, switches nothing and returns its error. Give calls a
 // context with a deadline: a Redis that hangs holds the call that tries it
 // until then.
@@ -122,7 +123,10 @@ const embeddedTimeout = time.Second
 var errClosed = errors.New("luarate: insurance: limiter closed")
 
 // insurance is one Limiter's Fallback. on, gen and decided are read without
-// the lock on every call; the rest is guarded by mu.
+// the lock on every call; the rest is guarded by mu. Every decision on the
+// embedded servers holds state for reading, and the switch back to Redis
+// holds it for writing while it empties them, so no call decides on state
+// the switch cleared.
 type insurance struct {
 	config Config
 	wall   func() time.Time // the clock of Retry; tests replace it
@@ -130,6 +134,8 @@ type insurance struct {
 	on      atomic.Bool   // decisions go to the embedded server
 	gen     atomic.Uint64 // incremented at each switch, under mu
 	decided atomic.Int64  // decisions on the insurance in this outage
+
+	state sync.RWMutex // taken before mu
 
 	mu      sync.Mutex
 	probeAt time.Time  // with on: when the next call may try Redis
@@ -156,21 +162,39 @@ type embedded struct {
 // Decide decides call in Redis, or on the insurance while Redis is
 // unavailable.
 func (ins *insurance) Decide(ctx context.Context, call luarate.Call, redis func(context.Context) (luarate.Result, error)) (luarate.Result, error) {
-	var res luarate.Result
-	fallback, redisErr := ins.viaRedis(ctx, func(ctx context.Context) (err error) {
-		res, err = redis(ctx)
-		return err
-	})
-	if !fallback {
-		return res, redisErr
+	what := call.Limits[0].Algorithm.String() + " script"
+	var redisErr error
+	for range maxAttempts {
+		var res luarate.Result
+		gen, fallback, err := ins.viaRedis(ctx, func(ctx context.Context) (err error) {
+			res, err = redis(ctx)
+			return err
+		})
+		if !fallback {
+			return res, err
+		}
+		if err != nil {
+			redisErr = err
+		}
+		res, decided, err := ins.decide(ctx, gen, call)
+		if err != nil {
+			return luarate.Result{}, insuranceError(what, err, redisErr)
+		}
+		if decided {
+			res.Insured = true
+			return res, nil
+		}
+		// Redis came back before the insurance could decide: ask Redis
 	}
-	res, err := ins.decide(ctx, call)
-	if err != nil {
-		return luarate.Result{}, insuranceError(call.Limits[0].Algorithm.String()+" script", err, redisErr)
-	}
-	res.Insured = true
-	return res, nil
+	return luarate.Result{}, insuranceError(what, errFlapping, redisErr)
 }
+
+// maxAttempts bounds how often one call goes to the insurance and finds that
+// decisions went back to Redis meanwhile.
+const maxAttempts = 3
+
+// errFlapping is the error of a call that kept missing the switches.
+var errFlapping = errors.New("luarate: insurance: Redis went away and came back during the call")
 
 // Reset resets the key in the insurance and in Redis. Under the insurance a
 // failing Redis is not an error.
@@ -178,35 +202,35 @@ func (ins *insurance) Reset(ctx context.Context, call luarate.Call, redis func(c
 	if err := ins.reset(ctx, call); err != nil {
 		return insuranceError("luarate: reset", err, nil)
 	}
-	if fallback, err := ins.viaRedis(ctx, redis); !fallback {
+	if _, fallback, err := ins.viaRedis(ctx, redis); !fallback {
 		return err
 	}
 	return nil // Redis is unavailable: the key was reset in the insurance
 }
 
 // viaRedis runs call against Redis unless decisions are on the insurance, and
-// switches on what Redis answered. fallback says the insurance must decide:
-// Redis was skipped (err is nil) or unavailable (err wraps ErrUnavailable).
-// A context that ended before the call, or that the caller cancelled, says
-// nothing about Redis: it switches nothing and its error is returned.
-func (ins *insurance) viaRedis(ctx context.Context, call func(context.Context) error) (fallback bool, err error) {
+// switches on what Redis answered. fallback says the insurance must decide,
+// in generation gen: Redis was skipped (err is nil) or unavailable (err wraps
+// ErrUnavailable). A context that ended before the call, or that the caller
+// cancelled, says nothing about Redis: it switches nothing and its error is
+// returned.
+func (ins *insurance) viaRedis(ctx context.Context, call func(context.Context) error) (gen uint64, fallback bool, err error) {
 	if ctx.Err() != nil {
-		return false, call(ctx) // fails as it would without insurance
+		return 0, false, call(ctx) // fails as it would without insurance
 	}
 	gen, tryRedis := ins.route()
 	if !tryRedis {
-		return true, nil
+		return gen, true, nil
 	}
 	err = call(ctx)
 	if !errors.Is(err, luarate.ErrUnavailable) {
 		ins.up(gen)
-		return false, err
+		return 0, false, err
 	}
 	if errors.Is(err, context.Canceled) {
-		return false, err
+		return 0, false, err
 	}
-	ins.down(gen, err)
-	return true, err
+	return ins.down(gen, err), true, err
 }
 
 // insuranceError is the error of a call neither Redis nor the insurance could
@@ -239,18 +263,19 @@ func (ins *insurance) route() (gen uint64, tryRedis bool) {
 	return gen, true
 }
 
-// down records that a call routed in generation gen found Redis unavailable.
-// A failure reported after the switch it belongs to is old news and ignored.
-func (ins *insurance) down(gen uint64, err error) {
+// down records that a call routed in generation gen found Redis unavailable,
+// and returns the generation now current. A failure reported after the
+// switch it belongs to is old news and ignored.
+func (ins *insurance) down(gen uint64, err error) uint64 {
 	ins.mu.Lock()
 	defer ins.mu.Unlock()
 	if gen != ins.gen.Load() {
-		return
+		return ins.gen.Load()
 	}
 	now := ins.wall()
 	ins.probeAt = now.Add(ins.config.Retry)
 	if ins.on.Load() {
-		return // a failed probe, or one of several calls failing at once
+		return gen // a failed probe, or one of several calls failing at once
 	}
 	ins.since = now
 	ins.decided.Store(0)
@@ -260,6 +285,7 @@ func (ins *insurance) down(gen uint64, err error) {
 		"luarate: Redis unavailable, deciding on the in-process insurance",
 		slog.Int("instances", ins.config.Instances), slog.Duration("retry", ins.config.Retry),
 		slog.Any("error", err))
+	return ins.gen.Load()
 }
 
 // up records that a call routed in generation gen got an answer from Redis.
@@ -269,6 +295,8 @@ func (ins *insurance) up(gen uint64) {
 	if !ins.on.Load() {
 		return
 	}
+	ins.state.Lock() // wait for the decisions on the insurance under way
+	defer ins.state.Unlock()
 	ins.mu.Lock()
 	defer ins.mu.Unlock()
 	if !ins.on.Load() || gen != ins.gen.Load() {
@@ -287,19 +315,25 @@ func (ins *insurance) up(gen uint64) {
 		slog.Int64("insured_decisions", ins.decided.Load()))
 }
 
-// decide decides call on the embedded server against this process's share.
-func (ins *insurance) decide(ctx context.Context, call luarate.Call) (luarate.Result, error) {
+// decide decides call on the embedded server against this process's share,
+// if decisions are still on the insurance in generation gen; decided is
+// false when they went back to Redis.
+func (ins *insurance) decide(ctx context.Context, gen uint64, call luarate.Call) (res luarate.Result, decided bool, err error) {
 	limits, n, err := share(call, ins.config.Instances)
 	if err != nil {
-		return luarate.Result{}, err
+		return luarate.Result{}, false, err
+	}
+	ins.state.RLock()
+	defer ins.state.RUnlock()
+	if !ins.on.Load() || ins.gen.Load() != gen {
+		return luarate.Result{}, false, nil
 	}
 	l, err := ins.limiter(call.Now, call.Key)
 	if err != nil {
-		return luarate.Result{}, err
+		return luarate.Result{}, false, err
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), embeddedTimeout)
 	defer cancel()
-	var res luarate.Result
 	switch call.Op {
 	case luarate.OpTake:
 		res, err = l.AllowMulti(ctx, call.Key, n, limits...)
@@ -310,10 +344,11 @@ func (ins *insurance) decide(ctx context.Context, call luarate.Call) (luarate.Re
 	default:
 		err = fmt.Errorf("luarate: insurance: unknown op %d", call.Op)
 	}
-	if err == nil {
-		ins.decided.Add(1)
+	if err != nil {
+		return luarate.Result{}, false, err
 	}
-	return res, err
+	ins.decided.Add(1)
+	return res, true, nil
 }
 
 // reset resets call's key on the embedded server, if it was started.
