@@ -90,7 +90,7 @@ func BenchmarkAllowDenyCache(b *testing.B) {
 
 // BenchmarkKeys is the client's key and argument building alone.
 func BenchmarkKeys(b *testing.B) {
-	l := New(nil)
+	l := &Limiter{prefix: "rl:"} // command builds arguments, it needs no client
 	limits := []Limit{PerSecond(GCRA, 100)}
 	b.ReportAllocs()
 	for b.Loop() {

@@ -79,8 +79,13 @@ func (l *Limiter) clock() time.Time {
 }
 
 // New returns a Limiter that runs the scripts on client. For miniredis, build
-// the client with DisableCache and ForceSingleClient.
+// the client with DisableCache and ForceSingleClient. New panics if client is
+// nil: that is a setup error (usually rueidis.NewClient's error ignored), and
+// it should fail at start rather than at the first request.
 func New(client rueidis.Client, opts ...Option) *Limiter {
+	if client == nil {
+		panic("luarate.New: client is nil; pass the client rueidis.NewClient returned, after checking its error")
+	}
 	l := &Limiter{client: client, prefix: "rl:"}
 	for _, o := range opts {
 		o(l)

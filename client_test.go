@@ -451,3 +451,9 @@ func (b backend) rawValue(t *testing.T, key string) string {
 	require.NoError(t, err)
 	return v
 }
+
+// TestNewNilClient: a nil client (rueidis.NewClient's error ignored) fails at
+// New, saying what is wrong, not with a nil dereference at the first Allow.
+func TestNewNilClient(t *testing.T) {
+	require.PanicsWithValue(t, "luarate.New: client is nil; pass the client rueidis.NewClient returned, after checking its error", func() { New(nil) })
+}
