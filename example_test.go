@@ -60,12 +60,12 @@ func ExampleLimiter_AllowMulti() {
 
 	perSecond := luarate.PerSecond(luarate.TokenBucket, 10)
 	perHour := luarate.PerHour(luarate.TokenBucket, 12)
+	// The third call is denied by the hourly limit (2 left, 5 asked), so the
+	// per-second bucket, though it would refill soon, is not charged either.
 	for i := 1; i <= 3; i++ {
 		res, _ := limiter.AllowMulti(context.Background(), "tenant7", 5, perSecond, perHour)
 		fmt.Printf("5 more: allowed=%v limit=%d remaining=%d\n", res.Allowed, res.Limit, res.Remaining)
 	}
-	// The third call is denied by the hourly limit (2 left, 5 asked), so the
-	// per-second bucket, though it would refill soon, is not charged either.
 	// Output:
 	// 5 more: allowed=true limit=10 remaining=5
 	// 5 more: allowed=true limit=10 remaining=0

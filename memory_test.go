@@ -34,7 +34,7 @@ func TestMemoryUsage(t *testing.T) {
 		require.NoError(t, l.Reset(ctx, key, lim))
 		return bytes
 	}
-	for _, algo := range limiterAlgorithms {
+	for _, algo := range Algorithms() {
 		line := algo.String() + ":"
 		for _, n := range []int{10, 100, 1000} {
 			b := usage(algo, n, n)

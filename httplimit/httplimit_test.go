@@ -401,7 +401,7 @@ func TestHungRedisTimesOut(t *testing.T) {
 
 // 64 clients at once through a real HTTP server: exactly the limit gets
 // through, the rest get 429.
-func TestConcurrentExactlyTheLimit(t *testing.T) {
+func TestRaceExactlyTheLimit(t *testing.T) {
 	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
 		const limit, workers, each = 50, 64, 4
 		h := middleware(luarate.New(client, luarate.WithPrefix(prefix)), luarate.PerHour(luarate.GCRA, limit),
