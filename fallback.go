@@ -5,12 +5,13 @@ import (
 	"time"
 )
 
-// Fallback wraps every decision and Reset of a Limiter: it gets the call and
-// a function that makes it in Redis, and chooses whether to call it, for
-// example to decide elsewhere while Redis is unavailable. Errors of the redis
-// functions wrap ErrUnavailable when Redis did not decide. A Fallback's
-// Result.Insured says it decided instead of Redis; such denials are not kept
-// by WithDenyCache. Package github.com/luarate/luarate/insurance is one.
+// Fallback wraps every decision and Reset of a Limiter (not Acquire and its
+// Lease): it gets the call and a function that makes it in Redis, and chooses
+// whether to call it, for example to decide elsewhere while Redis is
+// unavailable. Errors of the redis functions wrap ErrUnavailable when Redis
+// did not decide. A Fallback sets Result.Insured when it decided instead of
+// Redis; such denials are not kept by WithDenyCache. Package
+// github.com/luarate/luarate/insurance is one.
 type Fallback interface {
 	// Decide returns the Result of call; redis makes the decision in Redis.
 	Decide(ctx context.Context, call Call, redis func(context.Context) (Result, error)) (Result, error)
@@ -44,10 +45,9 @@ func WithFallback(f Fallback) Option {
 	return func(l *Limiter) { l.fallback = f }
 }
 
-// Close closes the Limiter's Fallback if it has a Close method (the insurance
-// stops its embedded servers). It does not close the rueidis client given to
-// New, which the caller owns. Close is safe to call more than once, and on
-// any Limiter.
+// Close calls the Close method of the Limiter's Fallback, if it has one (the
+// insurance stops its embedded servers; calling it twice is harmless). It
+// does not close the rueidis client given to New, which the caller owns.
 func (l *Limiter) Close() {
 	if c, ok := l.fallback.(interface{ Close() }); ok {
 		c.Close()
