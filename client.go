@@ -21,7 +21,8 @@
 // All of them run inside the same scripts, atomically, in one round trip.
 //
 // Time comes from the Redis server's clock, so app servers with skewed clocks
-// agree; WithClock passes the caller's instead (tests, replay).
+// agree; WithClock passes the caller's instead (tests, replay). While Redis is
+// down, package insurance keeps limiting on this process's share.
 package luarate
 
 import (
