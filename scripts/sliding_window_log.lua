@@ -132,17 +132,21 @@ if #KEYS == 1 and #ARGV <= 2 and #spec <= 36 and (c == '1' or #c <= 10 and strin
           at, x = newest, j + 1
         end
         local score = string.format('%d', at)
-        local args, m, ten, digits = {}, 0, 10, 1
-        while ten <= x do
-          ten, digits = ten * 10, digits + 1
-        end
-        local prefix = score .. ':' .. digits
-        for y = x, x + c - 1 do
-          if y == ten then
+        local args, m = {score, score .. ':11'}, 2 -- the common case: a new time, cost 1
+        if x > 1 or c > 1 then
+          local ten, digits = 10, 1
+          while ten <= x do
             ten, digits = ten * 10, digits + 1
-            prefix = score .. ':' .. digits
           end
-          args[m + 1], args[m + 2], m = score, prefix .. y, m + 2
+          local prefix = score .. ':' .. digits
+          m = 0
+          for y = x, x + c - 1 do
+            if y == ten then
+              ten, digits = ten * 10, digits + 1
+              prefix = score .. ':' .. digits
+            end
+            args[m + 1], args[m + 2], m = score, prefix .. y, m + 2
+          end
         end
         if n == 0 then
           args[m + 1], args[m + 2] = '+inf', 'swl3'
@@ -304,6 +308,9 @@ end
 -- entries returns the ZADD arguments for n entries at time at, j from x on.
 local function entries(at, x, n)
   local score = string.format('%d', at)
+  if x == 1 and n == 1 then
+    return {score, score .. ':11'} -- the common case, without a number to format
+  end
   local args, m, ten, digits = {}, 0, 10, 1
   while ten <= x do
     ten, digits = ten * 10, digits + 1
@@ -421,37 +428,37 @@ local function decide(k, n, a, cost, how, now, stored)
   -- refunds are written. Writes that add come first (a call refused for
   -- memory changes nothing), then TTLs, then what frees.
   local admit = reply[1] == 1 and take > 0
-  local plans = {}
   for i = 1, n do
     local lim = lims[i]
     local w = admit and lim.admitted or lim.forced
+    lim.plan = w
     if w then
-      plans[i] = w
+      local add = {}
       if w == lim.admitted then
-        w.add = entries(w.at, w.x, take)
+        add = entries(w.at, w.x, take)
         if lim.members == 0 or lim.lock > 0 then
           w.marker = 'swl3' -- a new log, or a lock that has ended
         end
         w.prune = lim.stale < take and lim.stale or take
-      else
-        w.add = {}
       end
       if w.marker then
-        w.add[#w.add + 1], w.add[#w.add + 2] = '+inf', w.marker
+        local m = #add
+        add[m + 1], add[m + 2] = '+inf', w.marker
       end
-      if #w.add > 0 then
-        redis.call('ZADD', lim.key, unpack(w.add))
+      if add[1] then
+        redis.call('ZADD', lim.key, unpack(add))
       end
     end
   end
   for i = 1, n do
-    local w = plans[i]
+    local w = lims[i].plan
     if w and w.ttl > 0 then
       redis.call('PEXPIRE', lims[i].key, string.format('%d', w.ttl))
     end
   end
   for i = 1, n do
-    local w, lim = plans[i], lims[i]
+    local lim = lims[i]
+    local w = lim.plan
     if w and w.ttl <= 0 then
       redis.call('UNLINK', lim.key) -- a refund emptied the window: nothing to keep
     elseif w then
