@@ -29,10 +29,13 @@
 -- set: "swl3", or "swl3 <locked_until_us>" while a lock may matter. A key
 -- holding anything else (another script's set, a set without that member,
 -- another type) is refused with an error and left untouched. An admission
--- adds its entries and then removes at most as many entries that have left
--- the window (oldest first), so a log never holds more than `rate` entries
--- and no call frees more than it adds; a denial writes nothing but a new
--- lock. TTL = until the newest entry leaves the window, or the lock if later.
+-- adds its entries first and then removes as many of the entries that have
+-- left the window (oldest first) as it added, or all of them if fewer: a log
+-- never holds more entries than the largest rate it was used with, and no
+-- call removes more than cost entries from a log (a refund that empties the
+-- window unlinks the key instead: Redis frees it in the background). A
+-- denial writes nothing but a new lock. TTL = until the newest entry leaves
+-- the window, or the lock if later.
 --
 -- KEYS[i]     state key of limit i, i = 1..N, N <= 16. All keys of one call
 --             must share a hash slot in Redis Cluster (give them one {hash
@@ -70,12 +73,13 @@
 -- Batch form: ARGV[1] = "batch", ARGV[2] = now_ms or "" (one clock for the
 -- whole batch), then for each request "<nkeys> <cost>" or "<nkeys> <cost>
 -- <mode>" followed by its nkeys limits; KEYS holds each request's keys in the
--- same order (at most 64 requests and 128 keys). Each request is decided
--- alone, in order, exactly as the plain form would decide it; the reply is
--- the concatenation of their 7-integer replies, or of one error in place of
--- the 7 integers for a request that is bad. A whole batch is capped like
--- one call: its limits (nkeys summed over its requests) at 16 and its units
--- (cost * nkeys, summed) at 128; a request that would go over fails alone.
+-- same order. Each request is decided alone, in order, exactly as the plain
+-- form would decide it; the reply is the concatenation of their 7-integer
+-- replies, or of one error in place of the 7 integers for a request that is
+-- bad. A whole batch is capped like one call (not at the 64 requests and 128
+-- keys of the other scripts): at most 16 limits (nkeys summed over its
+-- requests) and 128 units (cost * nkeys, summed); a request that would go
+-- over fails alone.
 --
 -- Errors: bad arguments or a key this script did not write get one line
 -- "ERR luarate: ..." naming the argument or key, and change nothing. Errors
