@@ -123,7 +123,7 @@ func (s *scriptClock) call(n int, mode string) Result {
 		require.NoError(s.t, s.b.client.Do(context.Background(), s.b.client.B().Del().Key(s.b.prefix+s.key).Build()).Error())
 		s.expireAt = 0
 	}
-	args := []string{itoa(int64(s.lim.Rate)), itoa(s.lim.Period.Milliseconds()), itoa(int64(s.lim.Burst)), itoa(int64(n)), itoa(s.now), mode}
+	args := v3argv([]string{spec(s.lim)}, itoa(int64(n)), itoa(s.now), mode)
 	got, _, errText := evalAndPersist(s.t, s.b, s.lim.Algorithm.String(), []string{s.key}, args)
 	require.Empty(s.t, errText)
 	require.Len(s.t, got, replyLen)
