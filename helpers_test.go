@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -108,5 +109,5 @@ func v3argv(limits []string, cost, now, mode string) []string {
 	for len(tail) > 0 && tail[len(tail)-1] == "" {
 		tail = tail[:len(tail)-1]
 	}
-	return append(argv, tail...)
+	return slices.Clip(append(argv, tail...)) // callers append to it
 }
