@@ -1,55 +1,53 @@
--- luarate: sliding_window_log v2
+-- luarate: sliding_window_log v3
 --
 -- Sliding window log. Every admitted unit of cost is one entry in a sorted set,
 -- scored by its time; a request of `cost` is allowed when the entries of the
 -- last `period_ms` plus `cost` are at most `rate`. Exact: over ANY span of
 -- `period_ms` it never admits more than `rate`, with no boundary bursts.
--- The price is memory: O(rate) entries per key (measured on Redis 7.0: about
--- 36 bytes each up to 128 entries, about 118 beyond), and O(cost + log rate)
--- time per request. Use it for small rates where exactness matters; rate is
--- capped at 1e6.
+-- The price is memory and work: one entry per unit (measured on Redis 7.0:
+-- about 36 bytes each up to 128 entries, about 118 beyond) and O(cost + log
+-- rate) time per request, so rate and cost are capped (below) to keep every
+-- call under 1 ms of Redis time. Use it for small rates where exactness matters.
 --
 -- Window: an entry at time e counts while now < e + period_ms, so waiting
 -- retry_after_ms (the moment the blocking entry leaves) admits exactly then.
 -- Entries are scored in Unix microseconds (Redis TIME, or now_ms * 1000).
--- Members are "<score>:<d><j>", j = 1, 2, ... among the entries of one score
--- and d the number of digits of j (so "1000:11", "1000:212"; members of one
--- score sort in the order of j), so two requests in the same microsecond, or a
--- cost of n, are distinct entries.
 -- A clock that goes back never mints capacity: entries are never placed
 -- before the newest one already in the log, and that newest one still counts.
 --
 -- Modes: take (all of cost or nothing), atmost (as much of cost as the window
 -- still holds), refund (remove the newest min(cost, entries in the window)
 -- entries: the most recent requests are forgotten as if never made, so a
--- refund right after a take undoes it exactly; never below empty). Lockout: a
--- denied take (or an atmost that grants nothing) on a limit with lockout_ms > 0
--- locks that key until now + lockout_ms: every take and atmost is denied until
--- then, whatever the log says. A request denied while locked does not extend
--- the lock; a refund does not lift it (a lock punishes what already happened;
--- if a success could lift it, one valid account would clear a lock at will);
--- deleting the key (Reset) does.
+-- refund right after a take undoes it exactly; never below empty).
+-- Lockout: a denied take (or an atmost that grants nothing) on a limit with a
+-- lockout_ms locks that key until now + lockout_ms; see scripts/README.md.
 --
--- State: a sorted set per key; a lock is one more member "lock:<until_us>"
--- scored +inf, so it sorts after every entry. Entries that left the window are
--- removed on every admission (a denied request writes nothing but a new lock).
--- TTL = until the newest entry leaves the window, or the lock if later.
--- Versioned by key: callers put the script version in their keys (the Go
--- client's keys end in ":swl2:<period_ms>"); v1 keys are not read.
+-- State: a sorted set per key. Entries are members "<us>:<d><j>", scored <us>,
+-- j = 1, 2, ... among the entries of one time and d the number of digits of j
+-- ("1000:11", "1000:212": the entries of one time sort in the order of j).
+-- One more member, scored +inf so it sorts last, says this script wrote the
+-- set: "swl3", or "swl3 <locked_until_us>" while a lock may matter. A key
+-- holding anything else (another script's set, a set without that member,
+-- another type) is refused with an error and left untouched. An admission
+-- adds its entries and then removes at most as many entries that have left
+-- the window (oldest first), so a log never holds more than `rate` entries
+-- and no call frees more than it adds; a denial writes nothing but a new
+-- lock. TTL = until the newest entry leaves the window, or the lock if later.
 --
--- KEYS[i]      state key of limit i, i = 1..N. All keys of one call must share
---              a hash slot in Redis Cluster: give them one {hash tag}. Keys
---              must be distinct: two limits cannot share one state.
--- ARGV         for each limit i, three values in the order of KEYS:
---   rate       integer 1..1e6, cost admitted in any window of period_ms
---   period_ms  integer 1..1e12, window length
---   burst      integer 0 or equal to rate (the window has no separate burst)
--- then:
---   cost       integer 0..rate of every limit; 0 = peek (reads, never writes)
---   now_ms     optional integer 0..4e12, Unix time in ms; missing or "" = Redis TIME
---   mode       optional "take" (default; missing or ""), "atmost" or "refund"
---   lockout_ms optional, one per limit in the order of KEYS: integer 0..1e12,
---              0 = no lockout. Given for all limits or for none.
+-- KEYS[i]     state key of limit i, i = 1..N, N <= 16. All keys of one call
+--             must share a hash slot in Redis Cluster (give them one {hash
+--             tag}) and be distinct.
+-- ARGV[i]     limit i, in the order of KEYS: "rate period_ms burst" or
+--             "rate period_ms burst lockout_ms", plain decimal integers:
+--   rate        1..4000, units admitted in any window of period_ms
+--   period_ms   1..1e12, the window
+--   burst       0 or equal to rate (the window has no separate burst)
+--   lockout_ms  0..1e12; 0 or missing = no lockout
+-- ARGV[N+1]   optional cost: 0..rate of every limit, and cost * N at most
+--             128 (every unit is an entry in every log); 0 = peek (reads,
+--             never writes); missing = 1
+-- ARGV[N+2]   optional now_ms: 0..4e12, Unix time in ms; missing or "" = Redis TIME
+-- ARGV[N+3]   optional mode: "take" (default; missing or ""), "atmost" or "refund"
 --
 -- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms, granted}:
 --   allowed         take: 1 if admitted (all limits consumed), else 0; atmost:
@@ -58,7 +56,7 @@
 --   limit           the rate of the reported limit
 --   remaining       cost still admitted now; 0 while locked
 --   reset_after_ms  ms until the log is empty (back to full), or the lock
---                   ends, if later
+--                   ends, if later; 0 when full
 --   retry_after_ms  ms until this request would be admitted (atmost: until one
 --                   unit would); while locked at least the rest of the lock;
 --                   0 when allowed
@@ -68,12 +66,100 @@
 -- With several limits all or none consume (atmost: the same amount from all),
 -- and the reply reports the tightest: the denying limit with the longest
 -- retry_after, else the fewest remaining. Each limit is refunded on its own.
--- Bad arguments get one line "ERR luarate: ..." naming the argument.
 --
--- Example (10 per second, cost 1):
---   redis-cli --eval scripts/sliding_window_log.lua rl:{user42}:swl , 10 1000 0 1
+-- Batch form: ARGV[1] = "batch", ARGV[2] = now_ms or "" (one clock for the
+-- whole batch), then for each request "<nkeys> <cost>" or "<nkeys> <cost>
+-- <mode>" followed by its nkeys limits; KEYS holds each request's keys in the
+-- same order (at most 64 requests and 128 keys). Each request is decided
+-- alone, in order, exactly as the plain form would decide it; the reply is
+-- the concatenation of their 7-integer replies, or of one error in place of
+-- the 7 integers for a request that is bad. A whole batch is capped like
+-- one call: its limits (nkeys summed over its requests) at 16 and its units
+-- (cost * nkeys, summed) at 128; a request that would go over fails alone.
+--
+-- Errors: bad arguments or a key this script did not write get one line
+-- "ERR luarate: ..." naming the argument or key, and change nothing. Errors
+-- Redis raises (OOM, READONLY, NOPERM...) come back with their own code; a
+-- call refused for memory (OOM) has changed nothing: every call that adds to
+-- a log does so with its first write.
+--
+-- Examples (10 per second, cost 1; then the same in a batch of two requests,
+-- the second with two limits):
+--   redis-cli --eval scripts/sliding_window_log.lua rl:{ex}:swl , '10 1000 0'
+--   redis-cli --eval scripts/sliding_window_log.lua rl:{ex}:swl rl:{ex}:swl:s rl:{ex}:swl:h , batch '' '1 1' '10 1000 0' '2 1' '10 1000 0' '100 3600000 0'
 
+-- The common call (one limit, no lockout, take or peek, Redis's clock) is
+-- decided here, before anything else is defined; every other call, and any
+-- argument or state this path does not accept, goes on to the general path
+-- below, which decides the same and names what is wrong.
+local key, spec, c = KEYS[1], ARGV[1], ARGV[2] or '1'
+if #KEYS == 1 and #ARGV <= 2 and #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
+  local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
+  local top = redis.pcall('ZRANGE', key, -2, -1) -- the newest entry and the marker
+  local n, newest, d, j = #top
+  if n == 2 then
+    newest, d, j = string.match(top[1], '^(%d+):(%d)(%d+)$')
+  end
+  if rate and (n == 0 and not top.err or top[n] == 'swl3' and (n == 1 or newest and #newest <= 16 and #j == d + 0)) then
+    rate, period, burst = rate + 0, period + 0, burst + 0
+    c = c == '1' and 1 or c + 0
+    if rate >= 1 and rate <= 4000 and period >= 1 and period <= 1e12 and (burst == 0 or burst == rate) and c <= rate and c <= 128 then
+      local t = redis.call('TIME')
+      local now = t[1] * 1000000 + t[2]
+      local span = period * 1000
+      local count = 0 -- entries in the window
+      if newest then
+        newest = newest + 0
+        if newest + span > now then
+          count = redis.call('ZCOUNT', key, string.format('(%d', now - span), '+inf') - 1
+        end
+      end
+      if count + c > rate then
+        -- it fits once the oldest count + c - rate entries have left: the
+        -- last of them is rank c - rate - 2 from the end (the marker is -1)
+        local blocking = string.match(redis.call('ZRANGE', key, c - rate - 2, c - rate - 2)[1] or '', '^%d+')
+        if blocking then
+          return {0, rate, count < rate and rate - count or 0, math.ceil((newest + span - now) / 1000), math.ceil((blocking + span - now) / 1000), 0, 0}
+        end
+      elseif c == 0 then
+        return {1, rate, rate - count, count > 0 and math.ceil((newest + span - now) / 1000) or 0, 0, 0, 0}
+      else
+        local at, x = now, 1 -- where the new entries go, and the first j
+        if newest and newest >= now then
+          at, x = newest, j + 1
+        end
+        local score = string.format('%d', at)
+        local args, m, ten, digits = {}, 0, 10, 1
+        while ten <= x do
+          ten, digits = ten * 10, digits + 1
+        end
+        local prefix = score .. ':' .. digits
+        for y = x, x + c - 1 do
+          if y == ten then
+            ten, digits = ten * 10, digits + 1
+            prefix = score .. ':' .. digits
+          end
+          args[m + 1], args[m + 2], m = score, prefix .. y, m + 2
+        end
+        if n == 0 then
+          args[m + 1], args[m + 2] = '+inf', 'swl3'
+        end
+        redis.call('ZADD', key, unpack(args)) -- first: refused for memory, it changes nothing
+        local reset = math.ceil((at + span - now) / 1000)
+        redis.call('PEXPIRE', key, string.format('%d', reset))
+        if n == 2 then
+          local stale = redis.call('ZCARD', key) - 1 - count - c
+          if stale > 0 then
+            redis.call('ZREMRANGEBYRANK', key, 0, (stale < c and stale or c) - 1)
+          end
+        end
+        return {1, rate, rate - count - c, reset, 0, 0, c}
+      end
+    end
+  end
+end
 
+-- luarate shared: prelude (the same in every limiter script; a test keeps the copies identical)
 local function fail(fmt, ...)
   error({luarate = string.format(fmt, ...)}, 0)
 end
@@ -82,129 +168,190 @@ local function printable(s)
   return (string.gsub(string.sub(s, 1, 40), '[^%w%p ]', '?'))
 end
 
--- int reads ARGV[i] as a plain decimal integer in [min, max].
-local function int(i, name, min, max)
+-- int reads ARGV[i] as a plain decimal integer from 0 to max.
+local function int(i, name, max)
   local s = ARGV[i]
-  if s == nil then
-    fail('ARGV[%d] %s is missing', i, name)
+  if s and #s <= 13 and string.find(s, '^%d+$') then
+    local v = s + 0
+    if v <= max then
+      return v
+    end
   end
-  local v = #s <= 16 and string.find(s, '^%d+$') and tonumber(s)
-  if not v or v < min or v > max then
-    fail('ARGV[%d] %s must be an integer from %.0f to %.0f, got "%s"', i, name, min, max, printable(s))
+  fail('ARGV[%d] %s must be an integer from 0 to %.0f, got "%s"', i, name, max, printable(s or '(missing)'))
+end
+
+-- limit reads ARGV[i], "rate period_ms burst [lockout_ms]", and returns its
+-- four numbers, burst 0 meaning rate and a missing lockout_ms 0.
+local function limit(i, max_rate)
+  local s = ARGV[i] or '(missing)'
+  local r, p, b = string.match(s, '^(%d+) (%d+) (%d+)$')
+  local l = '0'
+  if not r then
+    r, p, b, l = string.match(s, '^(%d+) (%d+) (%d+) (%d+)$')
+  end
+  if not r or #r > 10 or #p > 13 or #b > 10 or #l > 13 then
+    fail('ARGV[%d] must be a limit "rate period_ms burst" or "rate period_ms burst lockout_ms" in plain digits, got "%s"', i, printable(s))
+  end
+  r, p, b, l = r + 0, p + 0, b + 0, l + 0
+  if r < 1 or r > max_rate then
+    fail('ARGV[%d] rate must be from 1 to %.0f, got %.0f', i, max_rate, r)
+  elseif p < 1 or p > 1e12 then
+    fail('ARGV[%d] period_ms must be from 1 to 1000000000000, got %.0f', i, p)
+  elseif b > 1e9 then
+    fail('ARGV[%d] burst must be from 0 (= rate) to 1000000000, got %.0f', i, b)
+  elseif l > 1e12 then
+    fail('ARGV[%d] lockout_ms must be from 0 to 1000000000000, got %.0f', i, l)
+  end
+  if b == 0 then
+    b = r
+  end
+  return r, p, b, l
+end
+
+-- clock returns now in microseconds: ARGV[i] (now_ms) if given, else Redis TIME.
+local function clock(i)
+  local s = ARGV[i]
+  if s == nil or s == '' then
+    local t = redis.call('TIME')
+    return t[1] * 1000000 + t[2]
+  end
+  return int(i, 'now_ms', 4e12) * 1000
+end
+
+-- mode reads ARGV[i]: "take" (or missing or ""), "atmost" or "refund".
+local function mode(i)
+  local s = ARGV[i]
+  if s == nil or s == '' or s == 'take' or s == 'atmost' or s == 'refund' then
+    return s == nil and '' or s
+  end
+  fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', i, printable(s))
+end
+
+-- get reads a state key: its string, or false when it does not exist.
+local function get(k)
+  local v = redis.pcall('GET', KEYS[k])
+  if type(v) == 'table' then
+    if string.find(v.err, '^WRONGTYPE') then
+      fail('KEYS[%d] holds a value that is not a string; use another key', k)
+    end
+    error(v) -- Redis's own error (NOPERM, ...), passed on with its code
   end
   return v
 end
 
--- entry_time reads the score out of a member this script wrote.
-local function entry_time(i, member)
-  local ts = member and string.match(member, '^(%d+):%d+$')
-  ts = ts and tonumber(ts) -- gopher-lua's tonumber(nil) raises
-  if not ts then
-    fail('KEYS[%d] holds a value sliding_window_log v2 did not write; use another key', i)
+-- tighter reports whether reply r reports a tighter limit than best does: a
+-- denial beats an admission, then the longer retry_after, then among
+-- admissions the fewer remaining.
+local function tighter(r, best)
+  if best == nil or r[1] ~= best[1] then
+    return best == nil or r[1] == 0
   end
-  return ts
+  if r[1] == 0 then
+    return r[5] > best[5]
+  end
+  return r[3] < best[3]
+end
+-- luarate shared: end
+
+-- entry reads a log entry "<us>:<d><j>" of KEYS[k]: its time and its j.
+local function entry(k, member)
+  local at, d, j = string.match(member or '', '^(%d+):(%d)(%d+)$')
+  if not at or #at > 16 or #j ~= d + 0 then
+    fail('KEYS[%d] holds a value sliding_window_log v3 did not write; use another key', k)
+  end
+  return at + 0, j + 0
 end
 
--- load validates limit i of n and reads its log: entries in the window, the
--- newest entry's time, the lock and its member
--- (a function of its own rather than a closure in run: cheaper per call)
-local function load(i, n, cost, now, lockouts, cache)
-  local a = 3 * (i - 1)
-  local rate = int(a + 1, 'rate', 1, 1e6)
-  local period = int(a + 2, 'period_ms', 1, 1e12)
-  local burst = int(a + 3, 'burst', 0, 1e9)
-  if burst ~= 0 and burst ~= rate then
-    fail('ARGV[%d] burst must be 0 or equal to rate for sliding_window_log, got %.0f', a + 3, burst)
+-- load reads limit i of the request whose keys start at KEYS[k] and limits at
+-- ARGV[a], and its log as of now: the entries in the window, the newest entry
+-- and the lock. stored is the key's ZRANGE -2 -1 when already read.
+local function load(k, a, i, cost, now, stored)
+  local rate, period, burst, lockout = limit(a + i - 1, 4000)
+  if burst ~= rate then
+    fail('ARGV[%d] burst must be 0 or equal to rate for sliding_window_log, got %.0f', a + i - 1, burst)
+  elseif cost > rate then
+    fail('cost %.0f exceeds the capacity of limit %d (rate %.0f)', cost, i, rate)
   end
-  if cost > rate then
-    fail('ARGV[%d] cost %.0f exceeds the capacity of limit %d (rate %.0f)', 3 * n + 1, cost, i, rate)
-  end
-  local lockout = lockouts and int(3 * n + 3 + i, 'lockout_ms', 0, 1e12) * 1000 or 0
-
-  local span = period * 1000
-  local after = '(' .. string.format('%d', now - span) -- entries still in the window
-  local c = cache and cache[i]
-  -- the newest entry and the lock, read first: it checks the key's type and format
-  local last = c and c[1] or redis.pcall('ZRANGE', KEYS[i], -2, -1)
-  if last.err then
-    fail('KEYS[%d] holds a value that is not a sorted set; use another key', i)
-  end
-  local count, newest, lock, lockname = 0, nil, 0, nil
-  local top = last[2] or last[1]
-  if top and string.byte(top) == 108 then -- "l": the lock member
-    lock = tonumber(string.match(top, '^lock:(%d+)$') or '')
-    if not lock or #top > 21 then
-      fail('KEYS[%d] holds a value sliding_window_log v2 did not write; use another key', i)
+  local key = KEYS[k + i - 1]
+  local top = stored or redis.pcall('ZRANGE', key, -2, -1)
+  if top.err then
+    if string.find(top.err, '^WRONGTYPE') then
+      fail('KEYS[%d] holds a value that is not a sorted set; use another key', k + i - 1)
     end
-    lockname = top
-    top = nil -- (not "top = last[2] and last[1]": gopher-lua, in miniredis, may keep top)
-    if last[2] then
-      top = last[1]
+    error(top) -- Redis's own error (NOPERM, ...), passed on with its code
+  end
+  local lim = {key = key, rate = rate, span = period * 1000, lockout = lockout * 1000, members = #top, count = 0, lock = 0}
+  if lim.members > 0 then
+    local marker = top[lim.members]
+    local lock = string.match(marker, '^swl3 (%d+)$')
+    if marker ~= 'swl3' and not (lock and #lock <= 16) then
+      fail('KEYS[%d] holds a value sliding_window_log v3 did not write; use another key', k + i - 1)
+    end
+    lim.marker, lim.lock = marker, lock and lock + 0 or 0
+  end
+  if lim.members == 2 then
+    lim.newest, lim.j = entry(k + i - 1, top[1])
+    if lim.newest + lim.span > now then
+      lim.count = redis.call('ZCOUNT', key, string.format('(%d', now - lim.span), '+inf') - 1
     end
   end
-  if top then
-    newest = entry_time(i, top)
-    if c then
-      count = c[2]
-    else
-      count = redis.call('ZCOUNT', KEYS[i], after, '+inf')
-    end
-    if cache then
-      cache[i] = {last, count}
-    end
-    if lockname then
-      count = count - 1
-    end
-  elseif cache then
-    cache[i] = {last, 0}
-  end
-  return rate, span, after, lockout, count, newest, lock, lockname
+  return lim
 end
 
-local function run()
-  local n = #KEYS
-  if n == 0 then
-    fail('need at least one key')
+-- entries returns the ZADD arguments for n entries at time at, j from x on.
+local function entries(at, x, n)
+  local score = string.format('%d', at)
+  local args, m, ten, digits = {}, 0, 10, 1
+  while ten <= x do
+    ten, digits = ten * 10, digits + 1
   end
-  local nargs = #ARGV
-  if nargs ~= 3 * n + 1 and nargs ~= 3 * n + 2 and nargs ~= 3 * n + 3 and nargs ~= 4 * n + 3 then
-    fail('expected %d, %d, %d or %d ARGV (rate, period_ms, burst per key, then cost [now_ms [mode [lockout_ms per key]]]), got %d',
-      3 * n + 1, 3 * n + 2, 3 * n + 3, 4 * n + 3, nargs)
+  local prefix = score .. ':' .. digits
+  for y = x, x + n - 1 do
+    if y == ten then
+      ten, digits = ten * 10, digits + 1
+      prefix = score .. ':' .. digits
+    end
+    args[m + 1], args[m + 2], m = score, prefix .. y, m + 2
   end
+  return args
+end
+
+-- what this call has charged so far (a batch adds up its requests)
+local units, limits = 0, 0
+
+-- decide answers one request: n limits with keys from KEYS[k] and limits from
+-- ARGV[a], taking cost in mode at now (microseconds); stored is KEYS[k]'s
+-- ZRANGE -2 -1 when already read. It validates everything before it writes
+-- anything, and writes what adds to a log before what frees.
+local function decide(k, n, a, cost, how, now, stored)
   for i = 2, n do
     for j = 1, i - 1 do
-      if KEYS[i] == KEYS[j] then
-        fail('KEYS[%d] repeats KEYS[%d]; give each limit its own key', i, j)
+      if KEYS[k + i - 1] == KEYS[k + j - 1] then
+        fail('KEYS[%d] repeats KEYS[%d]; give each limit its own key', k + i - 1, k + j - 1)
       end
     end
   end
-  local cost = int(3 * n + 1, 'cost', 0, 1e9)
-  local mode = ARGV[3 * n + 3]
-  local atmost, refund = mode == 'atmost', mode == 'refund'
-  if not (atmost or refund or mode == nil or mode == '' or mode == 'take') then
-    fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', 3 * n + 3, printable(mode))
+  local lims = {load(k, a, 1, cost, now, stored)}
+  for i = 2, n do
+    lims[i] = load(k, a, i, cost, now)
   end
-  local lockouts = nargs == 4 * n + 3
-  local now
-  if ARGV[3 * n + 2] == nil or ARGV[3 * n + 2] == '' then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  else
-    now = int(3 * n + 2, 'now_ms', 0, 4e12) * 1000
+  if units + cost * n > 128 then
+    fail('cost * limits must add up to at most 128 per call (or batch), got %.0f', units + cost * n)
+  elseif limits + n > 16 then
+    fail('a batch may hold at most 16 limits of sliding_window_log, got %d', limits + n)
   end
+  units, limits = units + cost * n, limits + n
 
-  local cache -- atmost: the first pass's replies, so each key is read once
   local take = cost -- what every limit is charged
-  if refund then
+  if how == 'refund' then
     take = 0
-  elseif atmost and cost > 0 then
-    cache = {}
+  elseif how == 'atmost' and cost > 0 then
     for i = 1, n do
-      local rate, _, _, _, count, _, lock = load(i, n, cost, now, lockouts, cache)
-      if lock > now then
+      local lim = lims[i]
+      if lim.lock > now then
         take = 0
-      elseif rate - count < take then
-        take = rate - count
+      elseif lim.rate - lim.count < take then
+        take = lim.rate - lim.count
       end
     end
     if take <= 0 then
@@ -213,125 +360,177 @@ local function run()
   end
 
   local reply
-  local writes, forced = {}, nil -- admissions; locks and refunds
   for i = 1, n do
-    local rate, span, after, lockout, count, newest, lock, lockname = load(i, n, cost, now, lockouts, cache)
-    local given = 0
-    if refund and count > 0 and cost > 0 then
-      given = cost
-      if count < cost then
-        given = count
-      end
-      local skip = lockname and 1 or 0
+    local lim = lims[i]
+    local given, count, newest = 0, lim.count, lim.newest
+    if how == 'refund' and count > 0 and cost > 0 then
+      given = cost < count and cost or count
       count = count - given
       newest = nil
       if count > 0 then
-        newest = entry_time(i, redis.call('ZRANGE', KEYS[i], -given - 1 - skip, -given - 1 - skip)[1])
+        newest = entry(k + i - 1, redis.call('ZRANGE', lim.key, -given - 2, -given - 2)[1])
       end
-      forced = forced or {}
-      forced[i] = {-given - skip, -1 - skip}
     end
-    local reset = count > 0 and math.ceil((newest + span - now) / 1000) or 0
-    local fits = count + take <= rate
+    local reset = count > 0 and math.ceil((newest + lim.span - now) / 1000) or 0
+    local fits = count + take <= lim.rate
     local retry = 0
     if not fits then
-      -- the request fits once the oldest (count + take - rate) entries have left
-      local blocking = redis.call('ZRANGEBYSCORE', KEYS[i], after, '+inf', 'LIMIT', count + take - rate - 1, 1)[1]
-      retry = math.ceil((entry_time(i, blocking) + span - now) / 1000)
+      -- it fits once the oldest count + take - rate entries in the window
+      -- have left (the last of them counted from the end, where the marker
+      -- and the entries a refund removes are)
+      local rank = take - lim.rate - 2 - given
+      retry = math.ceil((entry(k + i - 1, redis.call('ZRANGE', lim.key, rank, rank)[1]) + lim.span - now) / 1000)
     end
-    if not fits and take > 0 and lockout > 0 and lock <= now then
-      lock = now + lockout
-      forced = forced or {}
-      forced[i] = {lockname, lock, reset > lockout / 1000 and reset or lockout / 1000}
+    local wait = math.ceil((lim.lock - now) / 1000)
+    if not fits and take > 0 and lim.lockout > 0 and lim.lock <= now then
+      lim.lock, wait = now + lim.lockout, lim.lockout / 1000
+      lim.forced = {marker = string.format('swl3 %d', lim.lock), ttl = reset > wait and reset or wait}
     elseif given > 0 then
-      local f = forced[i]
-      if lock > now then
-        local wait = math.ceil((lock - now) / 1000)
-        f[3] = reset > wait and reset or wait
-      else
-        f[3] = reset
-        f[4] = lockname -- a stale lock: drop it
+      lim.forced = {unrank = given, ttl = reset}
+      if lim.lock > now then
+        lim.forced.ttl = reset > wait and reset or wait
+      elseif lim.lock > 0 and reset > 0 then
+        lim.forced.marker = 'swl3' -- a lock that has ended
       end
     end
     local r
-    if lock > now then
+    if lim.lock > now then
       -- locked: denied until the lock ends, or later if it would not fit then
-      local wait = math.ceil((lock - now) / 1000)
-      r = {0, rate, 0, reset > wait and reset or wait, retry > wait and retry or wait, 0, given}
+      r = {0, lim.rate, 0, reset > wait and reset or wait, retry > wait and retry or wait, 0, given}
     elseif fits then
-      local at = now -- where new entries go: never before an entry already logged
-      if newest and newest > now then
-        at = newest
+      local at, x = now, 1 -- where new entries go: never before an entry already logged
+      if newest and newest >= now then
+        at, x = newest, lim.j + 1
       end
       if take > 0 then
-        reset = math.ceil((at + span - now) / 1000)
+        reset = math.ceil((at + lim.span - now) / 1000)
+        lim.admitted = {at = at, x = x, ttl = reset}
       end
-      r = {1, rate, rate - count - take, reset, 0, 0, given + take}
-      writes[i] = {at, now - span, reset, lockname}
+      r = {1, lim.rate, lim.rate - count - take, reset, 0, 0, given + take}
     else
-      r = {0, rate, count < rate and rate - count or 0, reset, retry, 0, given}
+      r = {0, lim.rate, count < lim.rate and lim.rate - count or 0, reset, retry, 0, given}
     end
-    if reply == nil
-      or (r[1] == 0 and (reply[1] == 1 or r[5] > reply[5]))
-      or (r[1] == reply[1] and r[1] == 1 and r[3] < reply[3]) then
+    if tighter(r, reply) then
       reply = r
     end
   end
 
-  -- reply is a denying limit whenever any limit denies: then only locks are written
-  if reply[1] == 1 and take > 0 then
-    for i = 1, n do
-      local ts, cut, reset, lockname = writes[i][1], writes[i][2], writes[i][3], writes[i][4]
-      redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', string.format('%d', cut))
-      if lockname then
-        redis.call('ZREM', KEYS[i], lockname) -- a lock that has ended
-      end
-      local score = string.format('%d', ts)
-      local j = redis.call('ZCOUNT', KEYS[i], score, score)
-      local args = {}
-      for k = j + 1, j + take do
-        args[#args + 1] = score
-        local d = k < 10 and 1 or k < 100 and 2 or k < 1000 and 3 or k < 10000 and 4
-          or k < 100000 and 5 or k < 1000000 and 6 or 7 -- digits of k
-        args[#args + 1] = string.format('%s:%d%d', score, d, k)
-        if #args == 1000 or k == j + take then
-          redis.call('ZADD', KEYS[i], unpack(args))
-          args = {}
+  -- reply is a denying limit whenever any limit denies: then only locks and
+  -- refunds are written. Writes that add come first (a call refused for
+  -- memory changes nothing), then TTLs, then what frees.
+  local admit = reply[1] == 1 and take > 0
+  local plans = {}
+  for i = 1, n do
+    local lim = lims[i]
+    local w = admit and lim.admitted or lim.forced
+    if w then
+      plans[i] = w
+      if w == lim.admitted then
+        w.add = entries(w.at, w.x, take)
+        if lim.members == 0 or lim.lock > 0 then
+          w.marker = 'swl3' -- a new log, or a lock that has ended
         end
+        if lim.members == 2 then
+          local stale = redis.call('ZCARD', lim.key) - 1 - lim.count
+          w.prune = stale < take and stale or take
+        end
+      else
+        w.add = {}
       end
-      redis.call('PEXPIRE', KEYS[i], reset)
+      if w.marker then
+        w.add[#w.add + 1], w.add[#w.add + 2] = '+inf', w.marker
+      end
+      if #w.add > 0 then
+        redis.call('ZADD', lim.key, unpack(w.add))
+      end
     end
-  elseif forced then
-    for i = 1, n do
-      local w = forced[i]
-      if w and type(w[1]) == 'number' then
-        -- refund: remove the newest entries by rank (the lock sorts last)
-        redis.call('ZREMRANGEBYRANK', KEYS[i], w[1], w[2])
-        if w[4] then
-          redis.call('ZREM', KEYS[i], w[4])
-        end
-        if w[3] > 0 then
-          redis.call('PEXPIRE', KEYS[i], w[3])
-        else
-          redis.call('DEL', KEYS[i]) -- nothing left in the window
-        end
-      elseif w then
-        if w[1] then
-          redis.call('ZREM', KEYS[i], w[1]) -- a lock that has ended
-        end
-        redis.call('ZADD', KEYS[i], '+inf', string.format('lock:%d', w[2]))
-        redis.call('PEXPIRE', KEYS[i], w[3])
+  end
+  for i = 1, n do
+    local w = plans[i]
+    if w and w.ttl > 0 then
+      redis.call('PEXPIRE', lims[i].key, string.format('%d', w.ttl))
+    end
+  end
+  for i = 1, n do
+    local w, lim = plans[i], lims[i]
+    if w and w.ttl <= 0 then
+      redis.call('UNLINK', lim.key) -- a refund emptied the window: nothing to keep
+    elseif w then
+      if w.marker and lim.marker and lim.marker ~= w.marker then
+        redis.call('ZREM', lim.key, lim.marker)
+      end
+      if w.unrank then
+        redis.call('ZREMRANGEBYRANK', lim.key, -w.unrank - 1, -2)
+      end
+      if w.prune and w.prune > 0 then
+        redis.call('ZREMRANGEBYRANK', lim.key, 0, w.prune - 1)
       end
     end
   end
   return reply
 end
 
+-- luarate shared: entry (the same in every limiter script)
+-- run answers the plain form, or each request of a batch.
+local function run()
+  local nkeys, nargs = #KEYS, #ARGV
+  if ARGV[1] ~= 'batch' then
+    if nkeys == 0 or nkeys > 16 then
+      fail('need 1 to 16 keys, one per limit, got %d', nkeys)
+    elseif nargs < nkeys or nargs > nkeys + 3 then
+      fail('expected %d to %d ARGV (a limit per key, then [cost [now_ms [mode]]]), got %d', nkeys, nkeys + 3, nargs)
+    end
+    local how = mode(nkeys + 3)
+    local cost = nargs == nkeys and 1 or int(nkeys + 1, 'cost', 1e9)
+    return decide(1, nkeys, 1, cost, how, clock(nkeys + 2))
+  end
+
+  -- a batch: check its shape first, so a refused batch changes nothing
+  local requests, k, a = {}, 1, 3
+  while a <= nargs do
+    local h = ARGV[a]
+    local n, cost, how = string.match(h, '^(%d+) (%d+)$')
+    if not n then
+      n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+    end
+    if not n or #n > 2 or #cost > 10 or (how and how ~= 'take' and how ~= 'atmost' and how ~= 'refund') then
+      fail('ARGV[%d] must be a request "nkeys cost" or "nkeys cost mode", got "%s"', a, printable(h))
+    end
+    n = n + 0
+    if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
+      fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, #requests + 1, printable(h))
+    end
+    requests[#requests + 1] = {k, n, a + 1, cost + 0, how or ''}
+    k, a = k + n, a + n + 1
+  end
+  if #requests == 0 or #requests > 64 or nkeys > 128 or k <= nkeys then
+    fail('a batch needs 1 to 64 requests whose nkeys add up to #KEYS (at most 128), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
+  end
+  local now = clock(2)
+  local out = {}
+  for j = 1, #requests do
+    local q = requests[j]
+    local ok, r = pcall(decide, q[1], q[2], q[3], q[4], q[5], now)
+    if ok then
+      for i = 1, 7 do
+        out[#out + 1] = r[i]
+      end
+    elseif type(r) == 'table' and r.luarate then
+      out[#out + 1] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
+    else
+      error(r) -- Redis's own error fails the whole batch
+    end
+  end
+  return out
+end
+
 local ok, res = pcall(run)
 if ok then
   return res
-end
-if type(res) == 'table' and res.luarate then
+elseif type(res) == 'table' and res.luarate then
   return redis.error_reply('ERR luarate: ' .. res.luarate)
+elseif type(res) == 'table' and res.err then
+  return res -- Redis's own error, with its code
 end
-return redis.error_reply('ERR luarate: sliding_window_log failed: ' .. tostring(res))
+return redis.error_reply('ERR luarate: ' .. tostring(res))
+-- luarate shared: end
