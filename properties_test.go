@@ -25,6 +25,9 @@ func propertyLimits(algo Algorithm) []Limit {
 	if !algo.windowed() {
 		limits = append(limits, Limit{Algorithm: algo, Rate: 10, Period: time.Second, Burst: 25})
 	}
+	if algo == SlidingWindowLog {
+		limits[2].Rate = maxLogRate // one entry per unit: its largest rate
+	}
 	return limits
 }
 
@@ -146,7 +149,7 @@ func propertyRun(t *testing.T, b backend, r *rand.Rand, lim Limit, key string, s
 	p, capa := lim.Period.Milliseconds(), lim.Capacity()
 	maxCost := capa
 	if lim.Algorithm == SlidingWindowLog {
-		maxCost = min(capa, 1000) // one entry per unit
+		maxCost = min(capa, maxLogCost) // one entry per unit
 	}
 	const horizon = 1_900_000_000_000 // with 2e12 ms of silence, now_ms stays under 4e12
 	var adm []admission
@@ -284,7 +287,8 @@ func TestValidateNewAlgorithms(t *testing.T) {
 		{Limit{Algorithm: SlidingWindowLog, Rate: 10, Period: time.Second}, true},
 		{Limit{Algorithm: SlidingWindowLog, Rate: 10, Period: time.Second, Burst: 10}, true},
 		{Limit{Algorithm: SlidingWindowLog, Rate: 10, Period: time.Second, Burst: 20}, false},
-		{Limit{Algorithm: SlidingWindowLog, Rate: 1_000_001, Period: time.Second}, false},
+		{Limit{Algorithm: SlidingWindowLog, Rate: maxLogRate, Period: time.Second}, true},
+		{Limit{Algorithm: SlidingWindowLog, Rate: maxLogRate + 1, Period: time.Second}, false},
 		{Limit{Algorithm: SlidingWindowCounter, Rate: 10, Period: time.Second, Burst: 5}, false},
 		{Limit{Algorithm: SlidingWindowCounter, Rate: 1_000_000_000, Period: 10_000_000 * time.Millisecond}, false},
 		{Limit{Algorithm: SlidingWindowCounter, Rate: 1_000_000_000, Period: 9_000_000 * time.Millisecond}, true},
