@@ -1,60 +1,115 @@
--- luarate: fixed_window v2
+-- luarate: fixed_window v3
 --
 -- Fixed window counter. Time is cut into windows of `period_ms`, aligned to the
 -- Unix epoch, so every key's window starts and resets at the same instant. Each
--- window admits up to `rate` cost. Cheapest algorithm there is, exact within a
--- window, but a client can spend `rate` just before a boundary and `rate` again
--- just after it: up to twice the rate within one period.
+-- window admits up to `rate` requests. Cheapest algorithm there is, exact within
+-- a window, but a client can spend `rate` just before a boundary and `rate`
+-- again just after it: up to twice the rate within one period.
 --
--- Modes: take (all of cost or nothing), atmost (as much of cost as the window
+-- Modes: take (all of cost or nothing), atmost (as many of cost as the window
 -- still holds), refund (give cost back to the current window's count, never
--- below 0). Lockout: a denied take (or an atmost that grants nothing) on a
--- limit with lockout_ms > 0 locks that key until now + lockout_ms: every take
--- and atmost is denied until then, whatever the window says. A request denied
--- while locked does not extend the lock; a refund does not lift it (a lock
--- punishes what already happened; if a success could lift it, one valid
--- account would clear a lock at will); deleting the key (Reset) does.
+-- below 0; granted is what went back).
+-- Lockout: a denied take (or an atmost that grants nothing) on a limit with a
+-- lockout_ms locks that key until now + lockout_ms; see scripts/README.md.
 --
--- State: a string "<count> <window_start_ms>", or "<count> <window_start_ms>
--- <locked_until_ms>" while a lock may matter. TTL = until the window ends, or
--- the lock if later. Versioned by key: callers put the script version in their
--- keys (the Go client's keys end in ":fw2:<period_ms>"); v1 keys are not read.
+-- State: a string "fw3 <count> <window_start>", or "fw3 <count> <window_start>
+-- <locked_until>" while a lock may matter, times in Unix ms. A key holding
+-- anything else is refused with an error and left untouched. TTL = until the
+-- window ends, or the lock if later. A window that counts nothing is full: its
+-- reset_after_ms is 0.
 --
--- KEYS[i]      state key of limit i, i = 1..N. All keys of one call must share
---              a hash slot in Redis Cluster: give them one {hash tag}. Keys
---              must be distinct: two limits cannot share one state.
--- ARGV         for each limit i, three values in the order of KEYS:
---   rate       integer 1..1e9, cost admitted per window
---   period_ms  integer 1..1e12, window length
---   burst      integer 0 or equal to rate (a window has no separate burst)
--- then:
---   cost       integer 0..rate of every limit; 0 = peek (reads, never writes)
---   now_ms     optional integer 0..4e12, Unix time in ms; missing or "" = Redis TIME
---   mode       optional "take" (default; missing or ""), "atmost" or "refund"
---   lockout_ms optional, one per limit in the order of KEYS: integer 0..1e12,
---              0 = no lockout. Given for all limits or for none.
+-- KEYS[i]     state key of limit i, i = 1..N, N <= 16. All keys of one call
+--             must share a hash slot in Redis Cluster (give them one {hash
+--             tag}) and be distinct.
+-- ARGV[i]     limit i, in the order of KEYS: "rate period_ms burst" or
+--             "rate period_ms burst lockout_ms", plain decimal integers:
+--   rate        1..1e9 requests per window
+--   period_ms   1..1e12, the window's length
+--   burst       0 or equal to rate (a window has no separate burst)
+--   lockout_ms  0..1e12; 0 or missing = no lockout
+-- ARGV[N+1]   optional cost: 0..rate of every limit; 0 = peek (reads, never
+--             writes); missing = 1
+-- ARGV[N+2]   optional now_ms: 0..4e12, Unix time in ms; missing or "" = Redis TIME
+-- ARGV[N+3]   optional mode: "take" (default; missing or ""), "atmost" or "refund"
 --
 -- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms, granted}:
 --   allowed         take: 1 if admitted (all limits consumed), else 0; atmost:
 --                   1 if granted > 0; refund and peek: 0 if locked (or over a
 --                   lowered limit), else 1
 --   limit           the rate of the reported limit
---   remaining       cost still admitted in the current window; 0 while locked
---   reset_after_ms  ms until the current window ends (or the lock, if later)
---   retry_after_ms  ms until this request would be admitted (atmost: until 1
+--   remaining       requests still admitted in the current window; 0 while
+--                   locked
+--   reset_after_ms  ms until the current window ends (or the lock, if later);
+--                   0 when the window counts nothing and no lock holds
+--   retry_after_ms  ms until this request would be admitted (atmost: until one
 --                   unit would); while locked at least the rest of the lock;
 --                   0 when allowed
 --   delay_ms        always 0 here (queueing scripts: ms to wait before proceeding)
---   granted         units this call took (take: cost or 0; atmost: 0..cost),
+--   granted         requests this call took (take: cost or 0; atmost: 0..cost),
 --                   or gave back (refund, to the reported limit); peek: 0
 -- With several limits all or none consume (atmost: the same amount from all),
 -- and the reply reports the tightest: the denying limit with the longest
 -- retry_after, else the fewest remaining. Each limit is refunded on its own.
--- Bad arguments get one line "ERR luarate: ..." naming the argument.
 --
--- Example (10 per second, cost 1):
---   redis-cli --eval scripts/fixed_window.lua rl:{user42} , 10 1000 0 1
+-- Batch form: ARGV[1] = "batch", ARGV[2] = now_ms or "" (one clock for the
+-- whole batch), then for each request "<nkeys> <cost>" or "<nkeys> <cost>
+-- <mode>" followed by its nkeys limits; KEYS holds each request's keys in the
+-- same order (at most 64 requests and 128 keys). Each request is decided
+-- alone, in order, exactly as the plain form would decide it; the reply is
+-- the concatenation of their 7-integer replies, or of one error in place of
+-- the 7 integers for a request that is bad.
+--
+-- Errors: bad arguments or a key this script did not write get one line
+-- "ERR luarate: ..." naming the argument or key, and change nothing. Errors
+-- Redis raises (OOM, READONLY, NOPERM...) come back with their own code.
+--
+-- Examples (10 per second, cost 1; then the same in a batch of two requests,
+-- the second with two limits):
+--   redis-cli --eval scripts/fixed_window.lua rl:{ex}:fw , '10 1000 0'
+--   redis-cli --eval scripts/fixed_window.lua rl:{ex}:fw rl:{ex}:fw:s rl:{ex}:fw:h , batch '' '1 1' '10 1000 0' '2 1' '10 1000 0' '100 3600000 0'
 
+-- The common call (one limit, no lockout, take or peek, Redis's clock) is
+-- decided here, before anything else is defined; every other call, and any
+-- argument or state this path does not accept, goes on to the general path
+-- below, which decides the same and names what is wrong.
+local key, spec, c, nargs = KEYS[1], ARGV[1], ARGV[2] or '1', #ARGV
+if #KEYS == 1 and nargs <= 2 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
+  local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
+  local stored = redis.pcall('GET', key)
+  local count, start
+  if type(stored) == 'string' then
+    count, start = string.match(stored, '^fw3 (%d+) (%d+)$')
+  end
+  if rate and #rate <= 10 and #period <= 13 and #burst <= 10 and (count or not stored) then
+    rate, period, burst = rate + 0, period + 0, burst + 0
+    c = c == '1' and 1 or c + 0
+    local used, first = 0, 0
+    if count then
+      used, first = count + 0, start + 0
+    end
+    if rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12 and (burst == 0 or burst == rate) and c <= rate and used <= 1e9 and first <= 4e12 then
+      local t = redis.call('TIME')
+      local now = t[1] * 1000000 + t[2]
+      now = (now - now % 1000) / 1000
+      local window = now - now % period
+      if first < window then
+        used, first = 0, window -- an earlier window's count (or none): a new window
+      end
+      local rest = first + period - now
+      used = used + c
+      if used > rate then
+        used = used - c
+        return {0, rate, used < rate and rate - used or 0, rest, rest, 0, 0}
+      end
+      if c > 0 then
+        redis.call('SET', key, string.format('fw3 %d %d', used, first), 'PX', string.format('%d', rest))
+      end
+      return {1, rate, rate - used, used > 0 and rest or 0, 0, 0, c}
+    end
+  end
+end
+
+-- luarate shared: prelude (the same in every limiter script; a test keeps the copies identical)
 local function fail(fmt, ...)
   error({luarate = string.format(fmt, ...)}, 0)
 end
@@ -63,187 +118,282 @@ local function printable(s)
   return (string.gsub(string.sub(s, 1, 40), '[^%w%p ]', '?'))
 end
 
--- int reads ARGV[i] as a plain decimal integer in [min, max].
-local function int(i, name, min, max)
+-- int reads ARGV[i] as a plain decimal integer from 0 to max.
+local function int(i, name, max)
   local s = ARGV[i]
-  if s == nil then
-    fail('ARGV[%d] %s is missing', i, name)
+  if s and #s <= 13 and string.find(s, '^%d+$') then
+    local v = s + 0
+    if v <= max then
+      return v
+    end
   end
-  local v = #s <= 16 and string.find(s, '^%d+$') and tonumber(s)
-  if not v or v < min or v > max then
-    fail('ARGV[%d] %s must be an integer from %.0f to %.0f, got "%s"', i, name, min, max, printable(s))
+  fail('ARGV[%d] %s must be an integer from 0 to %.0f, got "%s"', i, name, max, printable(s or '(missing)'))
+end
+
+-- limit reads ARGV[i], "rate period_ms burst [lockout_ms]", and returns its
+-- four numbers, burst 0 meaning rate and a missing lockout_ms 0.
+local function limit(i, max_rate)
+  local s = ARGV[i] or '(missing)'
+  local r, p, b = string.match(s, '^(%d+) (%d+) (%d+)$')
+  local l = '0'
+  if not r then
+    r, p, b, l = string.match(s, '^(%d+) (%d+) (%d+) (%d+)$')
+  end
+  if not r or #r > 10 or #p > 13 or #b > 10 or #l > 13 then
+    fail('ARGV[%d] must be a limit "rate period_ms burst" or "rate period_ms burst lockout_ms" in plain digits, got "%s"', i, printable(s))
+  end
+  r, p, b, l = r + 0, p + 0, b + 0, l + 0
+  if r < 1 or r > max_rate then
+    fail('ARGV[%d] rate must be from 1 to %.0f, got %.0f', i, max_rate, r)
+  elseif p < 1 or p > 1e12 then
+    fail('ARGV[%d] period_ms must be from 1 to 1000000000000, got %.0f', i, p)
+  elseif b > 1e9 then
+    fail('ARGV[%d] burst must be from 0 (= rate) to 1000000000, got %.0f', i, b)
+  elseif l > 1e12 then
+    fail('ARGV[%d] lockout_ms must be from 0 to 1000000000000, got %.0f', i, l)
+  end
+  if b == 0 then
+    b = r
+  end
+  return r, p, b, l
+end
+
+-- clock returns now in microseconds: ARGV[i] (now_ms) if given, else Redis TIME.
+local function clock(i)
+  local s = ARGV[i]
+  if s == nil or s == '' then
+    local t = redis.call('TIME')
+    return t[1] * 1000000 + t[2]
+  end
+  return int(i, 'now_ms', 4e12) * 1000
+end
+
+-- mode reads ARGV[i]: "take" (or missing or ""), "atmost" or "refund".
+local function mode(i)
+  local s = ARGV[i]
+  if s == nil or s == '' or s == 'take' or s == 'atmost' or s == 'refund' then
+    return s == nil and '' or s
+  end
+  fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', i, printable(s))
+end
+
+-- get reads a state key: its string, or false when it does not exist.
+local function get(k)
+  local v = redis.pcall('GET', KEYS[k])
+  if type(v) == 'table' then
+    if string.find(v.err, '^WRONGTYPE') then
+      fail('KEYS[%d] holds a value that is not a string; use another key', k)
+    end
+    error(v) -- Redis's own error (NOPERM, ...), passed on with its code
   end
   return v
 end
 
--- load validates limit i of n and reads its state as of now
--- (a function of its own rather than a closure in run: cheaper per call)
-local function load(i, n, cost, now, lockouts, cache)
-  local a = 3 * (i - 1)
-  local rate = int(a + 1, 'rate', 1, 1e9)
-  local period = int(a + 2, 'period_ms', 1, 1e12)
-  local burst = int(a + 3, 'burst', 0, 1e9)
-  if burst ~= 0 and burst ~= rate then
-    fail('ARGV[%d] burst must be 0 or equal to rate for fixed_window, got %.0f', a + 3, burst)
+-- tighter reports whether reply r reports a tighter limit than best does: a
+-- denial beats an admission, then the longer retry_after, then among
+-- admissions the fewer remaining.
+local function tighter(r, best)
+  if best == nil or r[1] ~= best[1] then
+    return best == nil or r[1] == 0
+  end
+  if r[1] == 0 then
+    return r[5] > best[5]
+  end
+  return r[3] < best[3]
+end
+-- luarate shared: end
+
+-- load reads limit i of the request whose keys start at KEYS[k] and limits at
+-- ARGV[a], and its window as of now (ms). stored is the key's value when
+-- already read.
+local function load(k, a, i, cost, now, stored)
+  local rate, period, burst, lockout = limit(a + i - 1, 1e9)
+  if burst ~= rate then
+    fail('ARGV[%d] burst must be 0 or equal to rate for fixed_window, got %.0f', a + i - 1, burst)
   end
   if cost > rate then
-    fail('ARGV[%d] cost %.0f exceeds the capacity of limit %d (rate %.0f)', 3 * n + 1, cost, i, rate)
+    fail('cost %.0f exceeds the capacity of limit %d (rate %.0f)', cost, i, rate)
   end
-  local lockout = lockouts and int(3 * n + 3 + i, 'lockout_ms', 0, 1e12) or 0
-
-  local stored = cache and cache[i]
   if stored == nil then
-    stored = redis.pcall('GET', KEYS[i])
-    if cache then
-      cache[i] = stored
-    end
+    stored = get(k + i - 1)
   end
-  if type(stored) == 'table' then
-    fail('KEYS[%d] holds a value that is not a string; use another key', i)
-  end
-  local count, start, lock = 0, now - now % period, 0
+  local lim = {rate = rate, period = period, lockout = lockout, count = 0, start = now - now % period, lock = 0}
   if stored then
-    -- (no "x = a and b" reassignments: gopher-lua, in miniredis, may keep x)
-    local mc, ms, ml = string.match(stored, '^(%d+) (%d+)$')
-    if not mc then
-      mc, ms, ml = string.match(stored, '^(%d+) (%d+) (%d+)$')
+    local c, s, l = string.match(stored, '^fw3 (%d+) (%d+) (%d+)$')
+    if not c then
+      c, s = string.match(stored, '^fw3 (%d+) (%d+)$')
+      l = '0'
     end
-    local c, s, l = tonumber(mc or ''), tonumber(ms or ''), tonumber(ml or '0')
-    if not c or c > 1e9 or s > 4e12 or l > 5e12 then
-      fail('KEYS[%d] holds a value fixed_window v2 did not write; use another key', i)
+    if not c or c + 0 > 1e9 or s + 0 > 4e12 or l + 0 > 5e12 then
+      fail('KEYS[%d] holds a value fixed_window v3 did not write; use another key', k + i - 1)
     end
-    if s >= start then
+    if s + 0 >= lim.start then
       -- this window, or a later one if the clock went back: keep counting there
-      count, start = c, s
+      lim.count, lim.start = c + 0, s + 0
     end
-    lock = l
+    lim.lock = l + 0
   end
-  return rate, period, lockout, count, start, lock
+  return lim
 end
 
-local function run()
-  local n = #KEYS
-  if n == 0 then
-    fail('need at least one key')
+-- state is what a key holds after a decision: the value and its TTL in ms.
+local function state(lim, now)
+  local rest = lim.start + lim.period - now
+  if lim.lock > now then
+    local wait = lim.lock - now
+    return {string.format('fw3 %d %d %d', lim.count, lim.start, lim.lock), rest > wait and rest or wait}
   end
-  local nargs = #ARGV
-  if nargs ~= 3 * n + 1 and nargs ~= 3 * n + 2 and nargs ~= 3 * n + 3 and nargs ~= 4 * n + 3 then
-    fail('expected %d, %d, %d or %d ARGV (rate, period_ms, burst per key, then cost [now_ms [mode [lockout_ms per key]]]), got %d',
-      3 * n + 1, 3 * n + 2, 3 * n + 3, 4 * n + 3, nargs)
-  end
+  return {string.format('fw3 %d %d', lim.count, lim.start), rest}
+end
+
+-- decide answers one request: n limits with keys from KEYS[k] and limits from
+-- ARGV[a], taking cost in mode at now (microseconds); stored is KEYS[k]'s value
+-- when already read. It validates everything before it writes anything.
+local function decide(k, n, a, cost, how, now, stored)
+  now = (now - now % 1000) / 1000
   for i = 2, n do
     for j = 1, i - 1 do
-      if KEYS[i] == KEYS[j] then
-        fail('KEYS[%d] repeats KEYS[%d]; give each limit its own key', i, j)
+      if KEYS[k + i - 1] == KEYS[k + j - 1] then
+        fail('KEYS[%d] repeats KEYS[%d]; give each limit its own key', k + i - 1, k + j - 1)
       end
     end
   end
-  local cost = int(3 * n + 1, 'cost', 0, 1e9)
-  local mode = ARGV[3 * n + 3]
-  local atmost, refund = mode == 'atmost', mode == 'refund'
-  if not (atmost or refund or mode == nil or mode == '' or mode == 'take') then
-    fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', 3 * n + 3, printable(mode))
+  local lims = {load(k, a, 1, cost, now, stored)}
+  for i = 2, n do
+    lims[i] = load(k, a, i, cost, now)
   end
-  local lockouts = nargs == 4 * n + 3
-  local now
-  if ARGV[3 * n + 2] == nil or ARGV[3 * n + 2] == '' then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  else
-    now = int(3 * n + 2, 'now_ms', 0, 4e12)
-  end
-
-  local cache -- atmost: the first pass's GET replies, so each key is read once
   local take = cost -- what every limit is charged
-  if refund then
+  if how == 'refund' then
     take = 0
-  elseif atmost and cost > 0 then
-    cache = {}
+  elseif how == 'atmost' and cost > 0 then
     for i = 1, n do
-      local rate, _, _, count, _, lock = load(i, n, cost, now, lockouts, cache)
-      if lock > now then
+      local lim = lims[i]
+      if lim.lock > now then
         take = 0
-      elseif rate - count < take then
-        take = rate - count
+      elseif lim.rate - lim.count < take then
+        take = lim.rate - lim.count
       end
     end
     if take <= 0 then
-      take = 1 -- grants nothing: answered as the denied take of one unit
+      take = 1 -- grants nothing: answered as the denied take of one request
     end
   end
 
   local reply
-  local writes, forced = {}, nil -- admissions; locks and refunds
+  local writes = {} -- key index -> state to write, when the request is decided
   for i = 1, n do
-    local rate, period, lockout, count, start, lock = load(i, n, cost, now, lockouts, cache)
+    local lim = lims[i]
     local given = 0
-    if refund and count > 0 then
-      given = cost
-      if count < cost then
-        given = count
-      end
-      count = count - given
+    if how == 'refund' and lim.count > 0 then
+      given = cost < lim.count and cost or lim.count
+      lim.count = lim.count - given
     end
-    local reset = start + period - now
-    local fits = count + take <= rate
-    if not fits and take > 0 and lockout > 0 and lock <= now then
-      lock = now + lockout
-      forced = forced or {}
-      forced[i] = {string.format('%d %d %d', count, start, lock), reset > lockout and reset or lockout}
-    elseif given > 0 then
-      forced = forced or {}
-      if lock > now then
-        forced[i] = {string.format('%d %d %d', count, start, lock), reset > lock - now and reset or lock - now}
-      else
-        forced[i] = {string.format('%d %d', count, start), reset}
-      end
+    local rest = lim.start + lim.period - now -- ms until the window ends
+    local reset = lim.count > 0 and rest or 0
+    local fits = lim.count + take <= lim.rate
+    local locks = not fits and take > 0 and lim.lockout > 0 and lim.lock <= now
+    if locks then
+      lim.lock = now + lim.lockout
     end
     local r
-    if lock > now then
+    if lim.lock > now then
       -- locked: denied until the lock ends, or later if it would not fit then
-      local wait = lock - now
-      local retry = wait
-      if not fits and reset > wait then
-        retry = reset
-      end
-      r = {0, rate, 0, reset > wait and reset or wait, retry, 0, given}
+      local wait = lim.lock - now
+      local retry = not fits and rest > wait and rest or wait
+      r = {0, lim.rate, 0, reset > wait and reset or wait, retry, 0, given}
     elseif fits then
-      count = count + take
-      r = {1, rate, rate - count, reset, 0, 0, given + take}
-      writes[i] = {string.format('%d %d', count, start), reset}
+      local count = lim.count + take
+      r = {1, lim.rate, lim.rate - count, count > 0 and rest or 0, 0, 0, given + take}
     else
-      r = {0, rate, count < rate and rate - count or 0, reset, reset, 0, given}
+      r = {0, lim.rate, lim.count < lim.rate and lim.rate - lim.count or 0, reset, rest, 0, given}
     end
-    if reply == nil
-      or (r[1] == 0 and (reply[1] == 1 or r[5] > reply[5]))
-      or (r[1] == reply[1] and r[1] == 1 and r[3] < reply[3]) then
+    if locks or given > 0 then
+      writes[i] = state(lim, now) -- written whatever the other limits decide
+    end
+    if fits and take > 0 and lim.lock <= now then
+      lim.count = lim.count + take
+      lim.admitted = state(lim, now) -- written only if every limit admits
+    end
+    if tighter(r, reply) then
       reply = r
     end
   end
 
-  -- reply is a denying limit whenever any limit denies: then only locks are written
-  if reply[1] == 1 and take > 0 then
-    for i = 1, n do
-      redis.call('SET', KEYS[i], writes[i][1], 'PX', writes[i][2])
+  -- reply is a denying limit whenever any limit denies: then only locks and
+  -- refunds are written
+  for i = 1, n do
+    local w = writes[i]
+    if reply[1] == 1 and take > 0 then
+      w = lims[i].admitted
     end
-  elseif forced then
-    for i = 1, n do
-      local w = forced[i]
-      if w and w[1] then
-        redis.call('SET', KEYS[i], w[1], 'PX', w[2])
-      elseif w then
-        redis.call('DEL', KEYS[i])
-      end
+    if w then
+      redis.call('SET', KEYS[k + i - 1], w[1], 'PX', w[2])
     end
   end
   return reply
 end
 
+-- luarate shared: entry (the same in every limiter script)
+-- run answers the plain form, or each request of a batch.
+local function run()
+  local nkeys, nargs = #KEYS, #ARGV
+  if ARGV[1] ~= 'batch' then
+    if nkeys == 0 or nkeys > 16 then
+      fail('need 1 to 16 keys, one per limit, got %d', nkeys)
+    elseif nargs < nkeys or nargs > nkeys + 3 then
+      fail('expected %d to %d ARGV (a limit per key, then [cost [now_ms [mode]]]), got %d', nkeys, nkeys + 3, nargs)
+    end
+    local how = mode(nkeys + 3)
+    local cost = nargs == nkeys and 1 or int(nkeys + 1, 'cost', 1e9)
+    return decide(1, nkeys, 1, cost, how, clock(nkeys + 2))
+  end
+
+  -- a batch: check its shape first, so a refused batch changes nothing
+  local requests, k, a = {}, 1, 3
+  while a <= nargs do
+    local h = ARGV[a]
+    local n, cost, how = string.match(h, '^(%d+) (%d+)$')
+    if not n then
+      n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+    end
+    if not n or #n > 2 or #cost > 10 or (how and how ~= 'take' and how ~= 'atmost' and how ~= 'refund') then
+      fail('ARGV[%d] must be a request "nkeys cost" or "nkeys cost mode", got "%s"', a, printable(h))
+    end
+    n = n + 0
+    if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
+      fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, #requests + 1, printable(h))
+    end
+    requests[#requests + 1] = {k, n, a + 1, cost + 0, how or ''}
+    k, a = k + n, a + n + 1
+  end
+  if #requests == 0 or #requests > 64 or nkeys > 128 or k <= nkeys then
+    fail('a batch needs 1 to 64 requests whose nkeys add up to #KEYS (at most 128), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
+  end
+  local now = clock(2)
+  local out = {}
+  for j = 1, #requests do
+    local q = requests[j]
+    local ok, r = pcall(decide, q[1], q[2], q[3], q[4], q[5], now)
+    if ok then
+      for i = 1, 7 do
+        out[#out + 1] = r[i]
+      end
+    elseif type(r) == 'table' and r.luarate then
+      out[#out + 1] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
+    else
+      error(r) -- Redis's own error fails the whole batch
+    end
+  end
+  return out
+end
+
 local ok, res = pcall(run)
 if ok then
   return res
-end
-if type(res) == 'table' and res.luarate then
+elseif type(res) == 'table' and res.luarate then
   return redis.error_reply('ERR luarate: ' .. res.luarate)
+elseif type(res) == 'table' and res.err then
+  return res -- Redis's own error, with its code
 end
-return redis.error_reply('ERR luarate: fixed_window failed: ' .. tostring(res))
+return redis.error_reply('ERR luarate: ' .. tostring(res))
+-- luarate shared: end
