@@ -78,7 +78,7 @@ func TestBatchForm(t *testing.T) {
 					refund = "" // it takes no refunds
 				}
 				reqs := func(tag string) []batchRequest {
-					k := func(n string) string { return "{" + tag + "}:" + n }
+					k := func(n string) string { return "{" + tag + "}:" + script + ":" + n }
 					return []batchRequest{
 						{[]string{k("a")}, "3", "", []string{"5 60000 0"}},
 						{[]string{k("b"), k("c")}, "2", atmost, []string{"4 1000 0", "10 3600000 0"}},
@@ -116,7 +116,7 @@ func TestBatchForm(t *testing.T) {
 				}
 				require.Equal(t, 3, errors, "the bad requests failed, the others decided")
 				for _, n := range []string{"a", "b", "c", "d", "e"} {
-					require.Equal(t, b.value(t, "{plain}:"+n), b.value(t, "{batch}:"+n), "state of %s", n)
+					require.Equal(t, b.value(t, "{plain}:"+script+":"+n), b.value(t, "{batch}:"+script+":"+n), "state of %s", n)
 				}
 
 				// bad shapes: refused whole, nothing written
@@ -134,12 +134,12 @@ func TestBatchForm(t *testing.T) {
 					{"batch", "x", "1 1", "5 60000 0"},         // bad now_ms
 					{"batch", now, "1 1", "5 60000 0", "1 1 "}, // bad header
 				} {
-					res := scripts[script].lua.Exec(context.Background(), b.client, []string{b.prefix + "{batch}:a"}, argv)
+					res := scripts[script].lua.Exec(context.Background(), b.client, []string{b.prefix + "{batch}:" + script + ":a"}, argv)
 					require.Error(t, res.Error(), "%q", argv)
 					require.Contains(t, res.Error().Error(), "luarate: ", "%q", argv)
 				}
 				// a batch whose keys do not add up to KEYS
-				res := scripts[script].lua.Exec(context.Background(), b.client, []string{b.prefix + "{batch}:a", b.prefix + "{batch}:b"},
+				res := scripts[script].lua.Exec(context.Background(), b.client, []string{b.prefix + "{batch}:" + script + ":a", b.prefix + "{batch}:" + script + ":b"},
 					[]string{"batch", now, "1 1", "5 60000 0"})
 				require.ErrorContains(t, res.Error(), "luarate: ")
 				require.Equal(t, before, b.snapshot(t), "a refused batch changed state")
