@@ -1,9 +1,9 @@
--- luarate: sliding_window_counter v2
+-- luarate: sliding_window_counter v3
 --
 -- Sliding window counter: the two-window estimate. Time is cut into windows of
 -- `period_ms` aligned to the Unix epoch, as in fixed_window, and each key counts
 -- the current window and remembers the previous one. At `elapsed` ms into the
--- current window the cost of the last period_ms is estimated as
+-- current window the count of the last period_ms is estimated as
 --     current + previous * (period_ms - elapsed) / period_ms
 -- i.e. it assumes the previous window's requests were spread evenly over it.
 -- A request is allowed when estimate + cost <= rate. O(1) memory and time.
@@ -27,35 +27,32 @@
 -- first instant of that newest window (where its estimate is highest), so a
 -- clock that goes back never mints capacity.
 --
--- Modes: take (all of cost or nothing), atmost (as much of cost as the
--- estimate still admits), refund (give cost back to the current window's count,
--- then to the previous window's, never below 0). Lockout: a denied take (or an
--- atmost that grants nothing) on a limit with lockout_ms > 0 locks that key
--- until now + lockout_ms: every take and atmost is denied until then, whatever
--- the estimate. A request denied while locked does not extend the lock; a
--- refund does not lift it (a lock punishes what already happened; if a success
--- could lift it, one valid account would clear a lock at will); deleting the
--- key (Reset) does.
+-- Modes: take (all of cost or nothing), atmost (as many of cost as the
+-- estimate still admits), refund (give cost back to the current window's
+-- count, then to the previous window's, never below 0; granted is what went
+-- back).
+-- Lockout: a denied take (or an atmost that grants nothing) on a limit with a
+-- lockout_ms locks that key until now + lockout_ms; see scripts/README.md.
 --
--- State: a string "<current> <window_start_ms> <previous>", with
--- " <locked_until_ms>" appended while a lock may matter. TTL = until the end
--- of the next window, when the current count stops mattering, or the lock if
--- later. Versioned by key: callers put the script version in their keys (the
--- Go client's keys end in ":swc2:<period_ms>"); v1 keys are not read.
+-- State: a string "swc3 <current> <window_start> <previous>", or
+-- "swc3 <current> <window_start> <previous> <locked_until>" while a lock may
+-- matter, times in Unix ms. A key holding anything else is refused with an
+-- error and left untouched. TTL = until the end of the next window, when the
+-- current count stops mattering, or the lock if later.
 --
--- KEYS[i]      state key of limit i, i = 1..N. All keys of one call must share
---              a hash slot in Redis Cluster: give them one {hash tag}. Keys
---              must be distinct: two limits cannot share one state.
--- ARGV         for each limit i, three values in the order of KEYS:
---   rate       integer 1..1e9, cost admitted per window
---   period_ms  integer 1..1e12, window length, with rate * period_ms <= 9e15
---   burst      integer 0 or equal to rate (a window has no separate burst)
--- then:
---   cost       integer 0..rate of every limit; 0 = peek (reads, never writes)
---   now_ms     optional integer 0..4e12, Unix time in ms; missing or "" = Redis TIME
---   mode       optional "take" (default; missing or ""), "atmost" or "refund"
---   lockout_ms optional, one per limit in the order of KEYS: integer 0..1e12,
---              0 = no lockout. Given for all limits or for none.
+-- KEYS[i]     state key of limit i, i = 1..N, N <= 16. All keys of one call
+--             must share a hash slot in Redis Cluster (give them one {hash
+--             tag}) and be distinct.
+-- ARGV[i]     limit i, in the order of KEYS: "rate period_ms burst" or
+--             "rate period_ms burst lockout_ms", plain decimal integers:
+--   rate        1..1e9 requests per window
+--   period_ms   1..1e12, the window's length; rate * period_ms at most 9e15
+--   burst       0 or equal to rate (a window has no separate burst)
+--   lockout_ms  0..1e12; 0 or missing = no lockout
+-- ARGV[N+1]   optional cost: 0..rate of every limit; 0 = peek (reads, never
+--             writes); missing = 1
+-- ARGV[N+2]   optional now_ms: 0..4e12, Unix time in ms; missing or "" = Redis TIME
+-- ARGV[N+3]   optional mode: "take" (default; missing or ""), "atmost" or "refund"
 --
 -- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms, granted}:
 --   allowed         take: 1 if admitted (all limits consumed), else 0; atmost:
@@ -65,22 +62,121 @@
 --   remaining       rate minus the rounded estimate, after this request; 0
 --                   while locked
 --   reset_after_ms  ms until the estimate is back to 0 (both windows
---                   forgotten), or the lock ends, if later
+--                   forgotten), or the lock ends, if later; 0 when it is 0
 --   retry_after_ms  ms until this request would be admitted (atmost: until one
 --                   unit would); while locked at least the rest of the lock;
 --                   0 when allowed
 --   delay_ms        always 0 here (queueing scripts: ms to wait before proceeding)
---   granted         units this call took (take: cost or 0; atmost: 0..cost),
+--   granted         requests this call took (take: cost or 0; atmost: 0..cost),
 --                   or gave back (refund, to the reported limit); peek: 0
 -- With several limits all or none consume (atmost: the same amount from all),
 -- and the reply reports the tightest: the denying limit with the longest
 -- retry_after, else the fewest remaining. Each limit is refunded on its own.
--- Bad arguments get one line "ERR luarate: ..." naming the argument.
 --
--- Example (10 per second, cost 1):
---   redis-cli --eval scripts/sliding_window_counter.lua rl:{user42}:swc , 10 1000 0 1
+-- Batch form: ARGV[1] = "batch", ARGV[2] = now_ms or "" (one clock for the
+-- whole batch), then for each request "<nkeys> <cost>" or "<nkeys> <cost>
+-- <mode>" followed by its nkeys limits; KEYS holds each request's keys in the
+-- same order (at most 64 requests and 128 keys). Each request is decided
+-- alone, in order, exactly as the plain form would decide it; the reply is
+-- the concatenation of their 7-integer replies, or of one error in place of
+-- the 7 integers for a request that is bad.
+--
+-- Errors: bad arguments or a key this script did not write get one line
+-- "ERR luarate: ..." naming the argument or key, and change nothing. Errors
+-- Redis raises (OOM, READONLY, NOPERM...) come back with their own code.
+--
+-- Examples (10 per second, cost 1; then the same in a batch of two requests,
+-- the second with two limits):
+--   redis-cli --eval scripts/sliding_window_counter.lua rl:{ex}:swc , '10 1000 0'
+--   redis-cli --eval scripts/sliding_window_counter.lua rl:{ex}:swc rl:{ex}:swc:s rl:{ex}:swc:h , batch '' '1 1' '10 1000 0' '2 1' '10 1000 0' '100 3600000 0'
 
+-- The common call (one limit, no lockout, take or peek, Redis's clock) is
+-- decided here, before anything else is defined; every other call, and any
+-- argument or state this path does not accept, goes on to the general path
+-- below, which decides the same and names what is wrong.
+local key, spec, c, nargs = KEYS[1], ARGV[1], ARGV[2] or '1', #ARGV
+if #KEYS == 1 and nargs <= 2 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
+  local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
+  local stored = redis.pcall('GET', key)
+  local cur, seen, prev
+  if type(stored) == 'string' then
+    cur, seen, prev = string.match(stored, '^swc3 (%d+) (%d+) (%d+)$')
+  end
+  if rate and #rate <= 10 and #period <= 13 and #burst <= 10 and (cur or not stored) then
+    rate, period, burst = rate + 0, period + 0, burst + 0
+    c = c == '1' and 1 or c + 0
+    if cur then
+      cur, seen, prev = cur + 0, seen + 0, prev + 0
+    end
+    if rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12 and (burst == 0 or burst == rate) and rate * period <= 9e15
+      and c <= rate and (not cur or cur <= 1e9 and seen <= 4e12 and prev <= 1e9) then
+      local t = redis.call('TIME')
+      local now = t[1] * 1000000 + t[2]
+      now = (now - now % 1000) / 1000
+      local start, at, count, before = now - now % period, now, 0, 0
+      if not cur then -- a new key
+      elseif seen >= start then
+        -- this window, or a later one if the clock went back: use its start
+        count, before = cur, prev
+        if seen > start then
+          start, at = seen, seen
+        end
+      elseif seen + period == start then
+        before = cur
+      end
+      local weighted = 0
+      if before > 0 then
+        local x = before * (start + period - at) + period - 1
+        weighted = math.floor(x / period)
+        if weighted * period > x then
+          weighted = weighted - 1
+        elseif (weighted + 1) * period <= x then
+          weighted = weighted + 1
+        end
+      end
+      local reset = 0
+      if count > 0 then
+        reset = start + 2 * period - now
+      elseif before > 0 then
+        reset = start + period - now
+      end
+      if count + weighted + c > rate then
+        if count == 0 then
+          reset = start + period - now
+        end
+        -- first instant with ceil(before * (start + period - t) / period) <= room,
+        -- or in the next window, where the current count is the previous one
+        local room = rate - count - c
+        local t, x, y = start + period, room * period, before
+        if room < 0 then
+          t, x, y = start + 2 * period, (rate - c) * period, count
+        end
+        local q = math.floor(x / y)
+        if q * y > x then
+          q = q - 1
+        elseif (q + 1) * y <= x then
+          q = q + 1
+        end
+        t = t - q
+        if room < 0 and t < start + period then
+          t = start + period
+        end
+        local left = rate - count - weighted
+        return {0, rate, left > 0 and left or 0, reset, t - now, 0, 0}
+      end
+      count = count + c
+      if count > 0 then
+        reset = start + 2 * period - now
+      end
+      if c > 0 then
+        redis.call('SET', key, string.format('swc3 %d %d %d', count, start, before), 'PX', string.format('%d', reset))
+      end
+      return {1, rate, rate - count - weighted, reset, 0, 0, c}
+    end
+  end
+end
 
+-- luarate shared: prelude (the same in every limiter script; a test keeps the copies identical)
 local function fail(fmt, ...)
   error({luarate = string.format(fmt, ...)}, 0)
 end
@@ -89,18 +185,90 @@ local function printable(s)
   return (string.gsub(string.sub(s, 1, 40), '[^%w%p ]', '?'))
 end
 
--- int reads ARGV[i] as a plain decimal integer in [min, max].
-local function int(i, name, min, max)
+-- int reads ARGV[i] as a plain decimal integer from 0 to max.
+local function int(i, name, max)
   local s = ARGV[i]
-  if s == nil then
-    fail('ARGV[%d] %s is missing', i, name)
+  if s and #s <= 13 and string.find(s, '^%d+$') then
+    local v = s + 0
+    if v <= max then
+      return v
+    end
   end
-  local v = #s <= 16 and string.find(s, '^%d+$') and tonumber(s)
-  if not v or v < min or v > max then
-    fail('ARGV[%d] %s must be an integer from %.0f to %.0f, got "%s"', i, name, min, max, printable(s))
+  fail('ARGV[%d] %s must be an integer from 0 to %.0f, got "%s"', i, name, max, printable(s or '(missing)'))
+end
+
+-- limit reads ARGV[i], "rate period_ms burst [lockout_ms]", and returns its
+-- four numbers, burst 0 meaning rate and a missing lockout_ms 0.
+local function limit(i, max_rate)
+  local s = ARGV[i] or '(missing)'
+  local r, p, b = string.match(s, '^(%d+) (%d+) (%d+)$')
+  local l = '0'
+  if not r then
+    r, p, b, l = string.match(s, '^(%d+) (%d+) (%d+) (%d+)$')
+  end
+  if not r or #r > 10 or #p > 13 or #b > 10 or #l > 13 then
+    fail('ARGV[%d] must be a limit "rate period_ms burst" or "rate period_ms burst lockout_ms" in plain digits, got "%s"', i, printable(s))
+  end
+  r, p, b, l = r + 0, p + 0, b + 0, l + 0
+  if r < 1 or r > max_rate then
+    fail('ARGV[%d] rate must be from 1 to %.0f, got %.0f', i, max_rate, r)
+  elseif p < 1 or p > 1e12 then
+    fail('ARGV[%d] period_ms must be from 1 to 1000000000000, got %.0f', i, p)
+  elseif b > 1e9 then
+    fail('ARGV[%d] burst must be from 0 (= rate) to 1000000000, got %.0f', i, b)
+  elseif l > 1e12 then
+    fail('ARGV[%d] lockout_ms must be from 0 to 1000000000000, got %.0f', i, l)
+  end
+  if b == 0 then
+    b = r
+  end
+  return r, p, b, l
+end
+
+-- clock returns now in microseconds: ARGV[i] (now_ms) if given, else Redis TIME.
+local function clock(i)
+  local s = ARGV[i]
+  if s == nil or s == '' then
+    local t = redis.call('TIME')
+    return t[1] * 1000000 + t[2]
+  end
+  return int(i, 'now_ms', 4e12) * 1000
+end
+
+-- mode reads ARGV[i]: "take" (or missing or ""), "atmost" or "refund".
+local function mode(i)
+  local s = ARGV[i]
+  if s == nil or s == '' or s == 'take' or s == 'atmost' or s == 'refund' then
+    return s == nil and '' or s
+  end
+  fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', i, printable(s))
+end
+
+-- get reads a state key: its string, or false when it does not exist.
+local function get(k)
+  local v = redis.pcall('GET', KEYS[k])
+  if type(v) == 'table' then
+    if string.find(v.err, '^WRONGTYPE') then
+      fail('KEYS[%d] holds a value that is not a string; use another key', k)
+    end
+    error(v) -- Redis's own error (NOPERM, ...), passed on with its code
   end
   return v
 end
+
+-- tighter reports whether reply r reports a tighter limit than best does: a
+-- denial beats an admission, then the longer retry_after, then among
+-- admissions the fewer remaining.
+local function tighter(r, best)
+  if best == nil or r[1] ~= best[1] then
+    return best == nil or r[1] == 0
+  end
+  if r[1] == 0 then
+    return r[5] > best[5]
+  end
+  return r[3] < best[3]
+end
+-- luarate shared: end
 
 -- floor_div is floor(a / b) for integers 0 <= a, b < 2^53, exact: the float
 -- quotient may be off by one near an integer, so it is corrected.
@@ -114,144 +282,127 @@ local function floor_div(a, b)
   return q
 end
 
-local function ceil_div(a, b)
-  return floor_div(a + b - 1, b)
-end
-
--- load validates limit i of n and reads its state as of now
--- (a function of its own rather than a closure in run: cheaper per call)
-local function load(i, n, cost, now, lockouts, cache)
-  local a = 3 * (i - 1)
-  local rate = int(a + 1, 'rate', 1, 1e9)
-  local period = int(a + 2, 'period_ms', 1, 1e12)
-  local burst = int(a + 3, 'burst', 0, 1e9)
-  if burst ~= 0 and burst ~= rate then
-    fail('ARGV[%d] burst must be 0 or equal to rate for sliding_window_counter, got %.0f', a + 3, burst)
+-- load reads limit i of the request whose keys start at KEYS[k] and limits at
+-- ARGV[a], and its two windows as of now (ms). stored is the key's value when
+-- already read.
+local function load(k, a, i, cost, now, stored)
+  local rate, period, burst, lockout = limit(a + i - 1, 1e9)
+  if burst ~= rate then
+    fail('ARGV[%d] burst must be 0 or equal to rate for sliding_window_counter, got %.0f', a + i - 1, burst)
   end
   if rate * period > 9e15 then
-    fail('limit %d: rate * period_ms must be at most 9e15', i)
+    fail('ARGV[%d] rate * period_ms must be at most 9e15', a + i - 1)
   end
   if cost > rate then
-    fail('ARGV[%d] cost %.0f exceeds the capacity of limit %d (rate %.0f)', 3 * n + 1, cost, i, rate)
+    fail('cost %.0f exceeds the capacity of limit %d (rate %.0f)', cost, i, rate)
   end
-  local lockout = lockouts and int(3 * n + 3 + i, 'lockout_ms', 0, 1e12) or 0
-
-  local stored = cache and cache[i]
   if stored == nil then
-    stored = redis.pcall('GET', KEYS[i])
-    if cache then
-      cache[i] = stored
-    end
+    stored = get(k + i - 1)
   end
-  if type(stored) == 'table' then
-    fail('KEYS[%d] holds a value that is not a string; use another key', i)
-  end
-  local start = now - now % period
-  local at = now -- the instant the estimate is taken at
-  local cur, prev, lock = 0, 0, 0
+  -- at: the instant the estimate is taken at
+  local lim = {rate = rate, period = period, lockout = lockout, start = now - now % period, at = now, cur = 0, prev = 0, lock = 0}
   if stored then
-    -- (no "x = a and b" reassignments: gopher-lua, in miniredis, may keep x)
-    local mc, ms, mp, ml = string.match(stored, '^(%d+) (%d+) (%d+)$')
-    if not mc then
-      mc, ms, mp, ml = string.match(stored, '^(%d+) (%d+) (%d+) (%d+)$')
+    local c, s, p, l = string.match(stored, '^swc3 (%d+) (%d+) (%d+) (%d+)$')
+    if not c then
+      c, s, p = string.match(stored, '^swc3 (%d+) (%d+) (%d+)$')
+      l = '0'
     end
-    local c, s, p, l = tonumber(mc or ''), tonumber(ms or ''), tonumber(mp or ''), tonumber(ml or '0')
-    if not c or c > 1e9 or s > 4e12 or p > 1e9 or l > 5e12 then
-      fail('KEYS[%d] holds a value sliding_window_counter v2 did not write; use another key', i)
+    if not c or c + 0 > 1e9 or s + 0 > 4e12 or p + 0 > 1e9 or l + 0 > 5e12 then
+      fail('KEYS[%d] holds a value sliding_window_counter v3 did not write; use another key', k + i - 1)
     end
-    if s >= start then
+    c, s, p = c + 0, s + 0, p + 0
+    if s >= lim.start then
       -- this window, or a later one if the clock went back: use its start
-      cur, prev = c, p
-      if s > start then
-        start, at = s, s
+      lim.cur, lim.prev = c, p
+      if s > lim.start then
+        lim.start, lim.at = s, s
       end
-    elseif s + period == start then
-      prev = c
+    elseif s + period == lim.start then
+      lim.prev = c
     end
-    lock = l
+    lim.lock = l + 0
   end
-  return rate, period, lockout, start, at, cur, prev, lock
+  return lim
 end
 
-local function run()
-  local n = #KEYS
-  if n == 0 then
-    fail('need at least one key')
+-- weighted is the previous window's count weighted by how much of it the
+-- last period_ms still covers, rounded up.
+local function weighted(lim)
+  return floor_div(lim.prev * (lim.start + lim.period - lim.at) + lim.period - 1, lim.period)
+end
+
+-- state is what a key holds after a decision, given its reset_after_ms: the
+-- value and its TTL in ms, or false when both windows are empty and no lock
+-- holds.
+local function state(lim, now, reset)
+  if lim.lock > now then
+    local wait = lim.lock - now
+    return {string.format('swc3 %d %d %d %d', lim.cur, lim.start, lim.prev, lim.lock), reset > wait and reset or wait}
+  elseif reset > 0 then
+    return {string.format('swc3 %d %d %d', lim.cur, lim.start, lim.prev), reset}
   end
-  local nargs = #ARGV
-  if nargs ~= 3 * n + 1 and nargs ~= 3 * n + 2 and nargs ~= 3 * n + 3 and nargs ~= 4 * n + 3 then
-    fail('expected %d, %d, %d or %d ARGV (rate, period_ms, burst per key, then cost [now_ms [mode [lockout_ms per key]]]), got %d',
-      3 * n + 1, 3 * n + 2, 3 * n + 3, 4 * n + 3, nargs)
-  end
+  return false
+end
+
+-- decide answers one request: n limits with keys from KEYS[k] and limits from
+-- ARGV[a], taking cost in mode at now (microseconds); stored is KEYS[k]'s value
+-- when already read. It validates everything before it writes anything.
+local function decide(k, n, a, cost, how, now, stored)
+  now = (now - now % 1000) / 1000
   for i = 2, n do
     for j = 1, i - 1 do
-      if KEYS[i] == KEYS[j] then
-        fail('KEYS[%d] repeats KEYS[%d]; give each limit its own key', i, j)
+      if KEYS[k + i - 1] == KEYS[k + j - 1] then
+        fail('KEYS[%d] repeats KEYS[%d]; give each limit its own key', k + i - 1, k + j - 1)
       end
     end
   end
-  local cost = int(3 * n + 1, 'cost', 0, 1e9)
-  local mode = ARGV[3 * n + 3]
-  local atmost, refund = mode == 'atmost', mode == 'refund'
-  if not (atmost or refund or mode == nil or mode == '' or mode == 'take') then
-    fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', 3 * n + 3, printable(mode))
+  local lims = {load(k, a, 1, cost, now, stored)}
+  for i = 2, n do
+    lims[i] = load(k, a, i, cost, now)
   end
-  local lockouts = nargs == 4 * n + 3
-  local now
-  if ARGV[3 * n + 2] == nil or ARGV[3 * n + 2] == '' then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  else
-    now = int(3 * n + 2, 'now_ms', 0, 4e12)
-  end
-
-  local cache -- atmost: the first pass's GET replies, so each key is read once
   local take = cost -- what every limit is charged
-  if refund then
+  if how == 'refund' then
     take = 0
-  elseif atmost and cost > 0 then
-    cache = {}
+  elseif how == 'atmost' and cost > 0 then
     for i = 1, n do
-      local rate, period, _, start, at, cur, prev, lock = load(i, n, cost, now, lockouts, cache)
-      local left = rate - cur - ceil_div(prev * (start + period - at), period)
-      if lock > now then
+      local lim = lims[i]
+      local left = lim.rate - lim.cur - weighted(lim)
+      if lim.lock > now then
         take = 0
       elseif left < take then
         take = left
       end
     end
     if take <= 0 then
-      take = 1 -- grants nothing: answered as the denied take of one unit
+      take = 1 -- grants nothing: answered as the denied take of one request
     end
   end
 
   local reply
-  local writes, forced = {}, nil -- admissions; locks and refunds
+  local writes = {} -- key index -> state to write, when the request is decided
   for i = 1, n do
-    local rate, period, lockout, start, at, cur, prev, lock = load(i, n, cost, now, lockouts, cache)
+    local lim = lims[i]
+    local rate, period, start = lim.rate, lim.period, lim.start
     local given = 0
-    if refund and cur + prev > 0 then
-      given = cost
-      if cur < cost then
-        given = cur
-      end
-      cur = cur - given
+    if how == 'refund' and lim.cur + lim.prev > 0 then
+      given = cost < lim.cur and cost or lim.cur
+      lim.cur = lim.cur - given
       local more = cost - given
-      if more > prev then
-        more = prev
+      if more > lim.prev then
+        more = lim.prev
       end
-      prev = prev - more
+      lim.prev = lim.prev - more
       given = given + more
     end
-    local weighted = ceil_div(prev * (start + period - at), period)
-    -- reset: until the estimate is 0 again
-    local reset = 0
+    local cur, prev = lim.cur, lim.prev
+    local weight = weighted(lim)
+    local reset = 0 -- until the estimate is 0 again
     if cur > 0 then
       reset = start + 2 * period - now
     elseif prev > 0 then
       reset = start + period - now
     end
-    local fits = cur + weighted + take <= rate
+    local fits = cur + weight + take <= rate
     local retry = 0
     if not fits then
       if cur == 0 then
@@ -271,69 +422,111 @@ local function run()
       end
       retry = t - now
     end
-    if not fits and take > 0 and lockout > 0 and lock <= now then
-      lock = now + lockout
-      forced = forced or {}
-      forced[i] = {string.format('%d %d %d %d', cur, start, prev, lock), reset > lockout and reset or lockout}
-    elseif given > 0 then
-      forced = forced or {}
-      if lock > now then
-        forced[i] = {string.format('%d %d %d %d', cur, start, prev, lock), reset > lock - now and reset or lock - now}
-      elseif reset > 0 then
-        forced[i] = {string.format('%d %d %d', cur, start, prev), reset}
-      else
-        forced[i] = {false} -- both windows empty: no state needed
-      end
+    local locks = not fits and take > 0 and lim.lockout > 0 and lim.lock <= now
+    if locks then
+      lim.lock = now + lim.lockout
     end
     local r
-    if lock > now then
+    if lim.lock > now then
       -- locked: denied until the lock ends, or later if it would not fit then
-      local wait = lock - now
+      local wait = lim.lock - now
       r = {0, rate, 0, reset > wait and reset or wait, retry > wait and retry or wait, 0, given}
     elseif fits then
-      cur = cur + take
-      if cur > 0 then
-        reset = start + 2 * period - now
-      end
-      r = {1, rate, rate - cur - weighted, reset, 0, 0, given + take}
-      writes[i] = {string.format('%d %d %d', cur, start, prev), reset}
+      local after = cur + take > 0 and start + 2 * period - now or reset
+      r = {1, rate, rate - cur - take - weight, after, 0, 0, given + take}
     else
-      local remaining = rate - cur - weighted
-      if remaining < 0 then
-        remaining = 0
-      end
-      r = {0, rate, remaining, reset, retry, 0, given}
+      local left = rate - cur - weight
+      r = {0, rate, left > 0 and left or 0, reset, retry, 0, given}
     end
-    if reply == nil
-      or (r[1] == 0 and (reply[1] == 1 or r[5] > reply[5]))
-      or (r[1] == reply[1] and r[1] == 1 and r[3] < reply[3]) then
+    if locks or given > 0 then
+      writes[i] = state(lim, now, reset) -- written whatever the other limits decide
+    end
+    if fits and take > 0 and lim.lock <= now then
+      lim.cur = cur + take
+      lims[i].admitted = state(lim, now, start + 2 * period - now) -- written only if every limit admits
+    end
+    if tighter(r, reply) then
       reply = r
     end
   end
 
-  -- reply is a denying limit whenever any limit denies: then only locks are written
-  if reply[1] == 1 and take > 0 then
-    for i = 1, n do
-      redis.call('SET', KEYS[i], writes[i][1], 'PX', writes[i][2])
+  -- reply is a denying limit whenever any limit denies: then only locks and
+  -- refunds are written
+  for i = 1, n do
+    local w = writes[i]
+    if reply[1] == 1 and take > 0 then
+      w = lims[i].admitted
     end
-  elseif forced then
-    for i = 1, n do
-      local w = forced[i]
-      if w and w[1] then
-        redis.call('SET', KEYS[i], w[1], 'PX', w[2])
-      elseif w then
-        redis.call('DEL', KEYS[i])
-      end
+    if w then
+      redis.call('SET', KEYS[k + i - 1], w[1], 'PX', w[2])
+    elseif w == false then
+      redis.call('DEL', KEYS[k + i - 1])
     end
   end
   return reply
 end
 
+-- luarate shared: entry (the same in every limiter script)
+-- run answers the plain form, or each request of a batch.
+local function run()
+  local nkeys, nargs = #KEYS, #ARGV
+  if ARGV[1] ~= 'batch' then
+    if nkeys == 0 or nkeys > 16 then
+      fail('need 1 to 16 keys, one per limit, got %d', nkeys)
+    elseif nargs < nkeys or nargs > nkeys + 3 then
+      fail('expected %d to %d ARGV (a limit per key, then [cost [now_ms [mode]]]), got %d', nkeys, nkeys + 3, nargs)
+    end
+    local how = mode(nkeys + 3)
+    local cost = nargs == nkeys and 1 or int(nkeys + 1, 'cost', 1e9)
+    return decide(1, nkeys, 1, cost, how, clock(nkeys + 2))
+  end
+
+  -- a batch: check its shape first, so a refused batch changes nothing
+  local requests, k, a = {}, 1, 3
+  while a <= nargs do
+    local h = ARGV[a]
+    local n, cost, how = string.match(h, '^(%d+) (%d+)$')
+    if not n then
+      n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+    end
+    if not n or #n > 2 or #cost > 10 or (how and how ~= 'take' and how ~= 'atmost' and how ~= 'refund') then
+      fail('ARGV[%d] must be a request "nkeys cost" or "nkeys cost mode", got "%s"', a, printable(h))
+    end
+    n = n + 0
+    if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
+      fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, #requests + 1, printable(h))
+    end
+    requests[#requests + 1] = {k, n, a + 1, cost + 0, how or ''}
+    k, a = k + n, a + n + 1
+  end
+  if #requests == 0 or #requests > 64 or nkeys > 128 or k <= nkeys then
+    fail('a batch needs 1 to 64 requests whose nkeys add up to #KEYS (at most 128), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
+  end
+  local now = clock(2)
+  local out = {}
+  for j = 1, #requests do
+    local q = requests[j]
+    local ok, r = pcall(decide, q[1], q[2], q[3], q[4], q[5], now)
+    if ok then
+      for i = 1, 7 do
+        out[#out + 1] = r[i]
+      end
+    elseif type(r) == 'table' and r.luarate then
+      out[#out + 1] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
+    else
+      error(r) -- Redis's own error fails the whole batch
+    end
+  end
+  return out
+end
+
 local ok, res = pcall(run)
 if ok then
   return res
-end
-if type(res) == 'table' and res.luarate then
+elseif type(res) == 'table' and res.luarate then
   return redis.error_reply('ERR luarate: ' .. res.luarate)
+elseif type(res) == 'table' and res.err then
+  return res -- Redis's own error, with its code
 end
-return redis.error_reply('ERR luarate: sliding_window_counter failed: ' .. tostring(res))
+return redis.error_reply('ERR luarate: ' .. tostring(res))
+-- luarate shared: end

@@ -518,7 +518,7 @@ local function run()
     elseif type(r) == 'table' and r.luarate then
       out[#out + 1] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
     else
-      error(r) -- Redis's own error fails the whole batch
+      error(r, 0) -- Redis's own error fails the whole batch
     end
   end
   return out
@@ -531,6 +531,8 @@ elseif type(res) == 'table' and res.luarate then
   return redis.error_reply('ERR luarate: ' .. res.luarate)
 elseif type(res) == 'table' and res.err then
   return res -- Redis's own error, with its code
+elseif type(res) == 'string' and string.find(res, '^%u+ ') then
+  return redis.error_reply(res) -- raised by redis.call (Redis 7.0 raises "OOM ..."), code first
 end
 return redis.error_reply('ERR luarate: ' .. tostring(res))
 -- luarate shared: end

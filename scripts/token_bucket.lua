@@ -126,15 +126,19 @@ if #KEYS == 1 and nargs <= 2 and #spec <= 36 and (c == '1' or #c <= 10 and strin
             level = capacity -- the limit was lowered since this state was written
           end
           local lag, need = updated - now, c * unit -- lag > 0: the clock went back
+          -- floor(a / b) = (a - a % b) / b and ceil(a / b) = (a + -a % b) / b,
+          -- exact for these integers, without a function call
+          local empty = capacity - level
           if level < need then
-            return {0, burst, math.floor(level / unit), lag + math.ceil((capacity - level) / fill), lag + math.ceil((need - level) / fill), 0, 0}
+            local short = need - level
+            return {0, burst, (level - level % unit) / unit, lag + (empty + -empty % fill) / fill, lag + (short + -short % fill) / fill, 0, 0}
           end
-          level = level - need
-          local reset = lag + math.ceil((capacity - level) / fill)
+          level, empty = level - need, empty + need
+          local reset = lag + (empty + -empty % fill) / fill
           if c > 0 then
             redis.call('SET', key, string.format('tb3 %d %d', level, updated), 'PX', string.format('%d', reset))
           end
-          return {1, burst, math.floor(level / unit), reset, 0, 0, c}
+          return {1, burst, (level - level % unit) / unit, reset, 0, 0, c}
         end
       end
     end
