@@ -133,8 +133,8 @@ func (le *Lease) run(ctx context.Context, op string) (Result, error) {
 	if le.l.now != nil {
 		args = append(args, strconv.FormatInt(le.l.now().UnixMilli(), 10))
 	}
-	s := scripts["concurrency"]
-	res, err := evalOne(ctx, le.l.client, s, []string{le.key}, args)
+	// no batching: the concurrency script has no batch form
+	res, err := evalOne(ctx, le.l.client, scripts["concurrency"], []string{le.key}, args)
 	if err != nil {
 		return Result{}, redisError("concurrency script", err)
 	}

@@ -30,9 +30,13 @@ const rate = 100
 
 // A contender makes one decision per call.
 type contender struct {
-	name  string
-	algo  string // luarate's algorithm; "" for the yardsticks
-	allow func(ctx context.Context, key string) error
+	name string
+	algo string // luarate's algorithm; "" for the yardsticks
+	// unbatched is luarate with WithBatching(false): one script call per
+	// decision, the plain form whose per-call cost the instruction targets
+	// are about.
+	unbatched bool
+	allow     func(ctx context.Context, key string) error
 	// memKey makes the contender write state for key and returns the Redis
 	// key it wrote ("" when it writes nothing).
 	memKey func(ctx context.Context, key string) (string, error)
@@ -41,6 +45,7 @@ type contender struct {
 const (
 	noop      = "no-op EVALSHA (rueidis)"
 	redisRate = "redis_rate v10 (go-redis)"
+	unbatched = " unbatched"
 )
 
 func contenders(rc rueidis.Client, gr *redis.Client, prefix string) []contender {
@@ -64,6 +69,7 @@ func contenders(rc rueidis.Client, gr *redis.Client, prefix string) []contender 
 			}},
 	}
 	lim := luarate.New(rc, luarate.WithPrefix(prefix))
+	single := luarate.New(rc, luarate.WithPrefix(prefix), luarate.WithBatching(false))
 	for _, a := range luarate.Algorithms() {
 		limit := luarate.PerSecond(a, rate)
 		if err := limit.Validate(); err != nil {
@@ -81,6 +87,11 @@ func contenders(rc rueidis.Client, gr *redis.Client, prefix string) []contender 
 					return "", err
 				}
 				return findKey(ctx, rc, "rl:{"+key+"}:*")
+			}})
+		out = append(out, contender{name: "luarate " + a.String() + unbatched, algo: a.String(), unbatched: true,
+			allow: func(ctx context.Context, key string) error {
+				_, err := single.Allow(ctx, key, limit)
+				return err
 			}})
 	}
 	return out

@@ -41,8 +41,12 @@ const floor = "floor: TIME + GET + SET PX, 6 integers"
 // instrResult is one contender's instructions per call on one workload.
 type instrResult struct {
 	contender, algo, workload string
+	concurrent                bool // callers at once, so luarate batches
 	perCall                   float64
 }
+
+// instrGoroutines is how many callers the concurrent instruction counts use.
+const instrGoroutines = 64
 
 // callgrind is a redis-server running under callgrind.
 type callgrind struct {
@@ -161,35 +165,69 @@ func instructions(ctx context.Context, keys, calls int) ([]instrResult, error) {
 
 	var out []instrResult
 	for _, w := range workloads(keys) {
-		for _, c := range cs {
-			for i := range 200 { // load the script, fill the hot key
-				if err := c.allow(ctx, w.keys[i%len(w.keys)]); err != nil {
-					return nil, fmt.Errorf("%s: %w", c.name, err)
+		for _, concurrent := range []bool{false, true} {
+			for _, c := range cs {
+				if c.unbatched || (concurrent && c.name == noop) {
+					continue // alone, batched and unbatched calls are the same calls
 				}
-			}
-			if err := resetStats(ctx, rc); err != nil {
-				return nil, err
-			}
-			n, err := cg.counted(func() error {
-				for i := range calls {
-					if err := c.allow(ctx, w.keys[(i*7919)%len(w.keys)]); err != nil {
-						return fmt.Errorf("%s: %w", c.name, err)
-					}
+				r, err := countInstructions(ctx, cg, rc, c, w, calls, concurrent)
+				if err != nil {
+					return nil, err
 				}
-				return nil
-			})
-			if err != nil {
-				return nil, err
+				out = append(out, r)
 			}
-			evals, _, err := commandStats(ctx, rc)
-			if err != nil {
-				return nil, err
-			}
-			if evals < int64(calls) {
-				return nil, fmt.Errorf("%s: %d script calls counted, expected %d", c.name, evals, calls)
-			}
-			out = append(out, instrResult{contender: c.name, algo: c.algo, workload: w.name, perCall: float64(n) / float64(calls)})
 		}
 	}
 	return out, nil
+}
+
+// countInstructions counts what Redis executes for calls decisions of c on
+// w: one at a time, or from instrGoroutines callers at once.
+func countInstructions(ctx context.Context, cg *callgrind, rc rueidis.Client, c contender, w workload, calls int, concurrent bool) (instrResult, error) {
+	for i := range 200 { // load the script, fill the hot key
+		if err := c.allow(ctx, w.keys[i%len(w.keys)]); err != nil {
+			return instrResult{}, fmt.Errorf("%s: %w", c.name, err)
+		}
+	}
+	if err := resetStats(ctx, rc); err != nil {
+		return instrResult{}, err
+	}
+	goroutines := 1
+	name := w.name
+	if concurrent {
+		goroutines = instrGoroutines
+		name += fmt.Sprintf(", %d callers", goroutines)
+	}
+	n, err := cg.counted(func() error {
+		errs := make(chan error, goroutines)
+		for g := range goroutines {
+			go func() {
+				for i := g; i < calls; i += goroutines {
+					if err := c.allow(ctx, w.keys[(i*7919)%len(w.keys)]); err != nil {
+						errs <- fmt.Errorf("%s: %w", c.name, err)
+						return
+					}
+				}
+				errs <- nil
+			}()
+		}
+		var first error
+		for range goroutines {
+			if err := <-errs; err != nil && first == nil {
+				first = err
+			}
+		}
+		return first
+	})
+	if err != nil {
+		return instrResult{}, err
+	}
+	evals, _, err := commandStats(ctx, rc)
+	if err != nil {
+		return instrResult{}, err
+	}
+	if !concurrent && evals < int64(calls) {
+		return instrResult{}, fmt.Errorf("%s: %d script calls counted, expected %d", c.name, evals, calls)
+	}
+	return instrResult{contender: c.name, algo: c.algo, workload: name, concurrent: concurrent, perCall: float64(n) / float64(calls)}, nil
 }

@@ -71,11 +71,22 @@ type measurement struct {
 }
 
 func (m *measurement) perSecond() float64 { return float64(m.calls) / m.elapsed.Seconds() }
-func (m *measurement) usecPerCall() float64 {
+
+// usecPerDecision is Redis's CPU per decision: with batching, one script call
+// carries several.
+func (m *measurement) usecPerDecision() float64 {
+	if m.calls == 0 {
+		return 0
+	}
+	return float64(m.redisUsec) / float64(m.calls)
+}
+
+// batchSize is the decisions per script call Redis saw.
+func (m *measurement) batchSize() float64 {
 	if m.redisCalls == 0 {
 		return 0
 	}
-	return float64(m.redisUsec) / float64(m.redisCalls)
+	return float64(m.calls) / float64(m.redisCalls)
 }
 
 // load runs allow from cfg.goroutines goroutines over keys for cfg.duration.
@@ -116,6 +127,7 @@ func load(ctx context.Context, cfg config, keys []string, allow func(context.Con
 type results struct {
 	redisVersion string
 	runs         []*measurement // by workload, then contender
+	lone         []*measurement // one goroutine: gcra batched and unbatched
 	memory       []memoryUse
 	floods       []flood
 }
@@ -196,7 +208,24 @@ func run(ctx context.Context, cfg config) (*results, error) {
 		}
 	}
 
+	// A lone caller: batching must add no latency when nothing is in flight.
+	lone := cfg
+	lone.goroutines = 1
 	for _, c := range cs {
+		if c.algo != "gcra" {
+			continue
+		}
+		m := &measurement{contender: c.name, algo: c.algo, workload: "1 goroutine, " + wls[1].name, hist: new(histogram)}
+		for range cfg.rounds {
+			load(ctx, lone, wls[1].keys, c.allow, m)
+		}
+		res.lone = append(res.lone, m)
+	}
+
+	for _, c := range cs {
+		if c.memKey == nil {
+			continue
+		}
 		key, err := c.memKey(ctx, idleKey())
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", c.name, err)

@@ -25,7 +25,7 @@ func chart(r *results) []byte {
 	var maxRate, maxUsec float64
 	for _, m := range r.runs {
 		maxRate = math.Max(maxRate, m.perSecond())
-		maxUsec = math.Max(maxUsec, m.usecPerCall())
+		maxUsec = math.Max(maxUsec, m.usecPerDecision())
 	}
 	rows := 0
 	for _, w := range workloads {
@@ -51,7 +51,7 @@ func chart(r *results) []byte {
 			case redisRate:
 				color = "#e45756"
 			}
-			rate, usec := m.perSecond(), m.usecPerCall()
+			rate, usec := m.perSecond(), m.usecPerDecision()
 			rw := int(float64(panelW-70) * rate / maxRate)
 			uw := int(float64(panelW-70) * usec / maxUsec)
 			fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end">%s</text>`+"\n", labelW-8, y+barH-5, html.EscapeString(m.contender))

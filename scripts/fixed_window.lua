@@ -68,43 +68,52 @@
 --   redis-cli --eval scripts/fixed_window.lua rl:{ex}:fw , '10 1000 0'
 --   redis-cli --eval scripts/fixed_window.lua rl:{ex}:fw rl:{ex}:fw:s rl:{ex}:fw:h , batch '' '1 1' '10 1000 0' '2 1' '10 1000 0' '100 3600000 0'
 
--- The common call (one limit, no lockout, take or peek, Redis's clock) is
--- decided here, before anything else is defined; every other call, and any
--- argument or state this path does not accept, goes on to the general path
--- below, which decides the same and names what is wrong.
-local key, spec, c, nargs = KEYS[1], ARGV[1], ARGV[2] or '1', #ARGV
-if #KEYS == 1 and nargs <= 2 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
+-- The common call (one limit, no lockout, take or peek) is decided here,
+-- before anything else is defined; every other call, and any argument or
+-- state this path does not accept, goes on to the general path below, which
+-- decides the same and names what is wrong.
+local nargs, spec, c, now_ms, how = #ARGV, ARGV[1], ARGV[2] or '1', ARGV[3] or '', ARGV[4] or ''
+if #KEYS == 1 and nargs <= 4 and (how == '' or how == 'take')
+  and (c == '1' or #c <= 10 and string.find(c, '^%d+$'))
+  and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$')) then
   local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
-  local stored = redis.pcall('GET', key)
-  local count, start
-  if type(stored) == 'string' then
-    count, start = string.match(stored, '^fw3 (%d+) (%d+)$')
-  end
-  if rate and #rate <= 10 and #period <= 13 and #burst <= 10 and (count or not stored) then
+  if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
+    local key = KEYS[1]
+    local stored = redis.pcall('GET', key)
+    local count, first
+    if type(stored) == 'string' then
+      count, first = string.match(stored, '^fw3 (%d+) (%d+)$')
+    end
     rate, period, burst = rate + 0, period + 0, burst + 0
     c = c == '1' and 1 or c + 0
-    local used, first = 0, 0
     if count then
-      used, first = count + 0, start + 0
+      count, first = count + 0, first + 0
     end
-    if rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12 and (burst == 0 or burst == rate) and c <= rate and used <= 1e9 and first <= 4e12 then
-      local t = redis.call('TIME')
-      local now = t[1] * 1000000 + t[2]
-      now = (now - now % 1000) / 1000
-      local window = now - now % period
-      if first < window then
-        used, first = 0, window -- an earlier window's count (or none): a new window
+    if (count or not stored) and rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12
+      and (burst == 0 or burst == rate) and c <= rate and (not count or count <= 1e9 and first <= 4e12)
+      and (now_ms == '' or now_ms + 0 <= 4e12) then
+      local now
+      if now_ms == '' then
+        local t = redis.call('TIME')
+        now = t[1] * 1000000 + t[2]
+        now = (now - now % 1000) / 1000
+      else
+        now = now_ms + 0
+      end
+      local start = now - now % period
+      if not count or first < start then
+        count, first = 0, start -- an earlier window's count (or none): a new window
       end
       local rest = first + period - now
-      used = used + c
-      if used > rate then
-        used = used - c
-        return {0, rate, used < rate and rate - used or 0, rest, rest, 0, 0}
+      count = count + c
+      if count > rate then
+        count = count - c
+        return {0, rate, count < rate and rate - count or 0, rest, rest, 0, 0}
       end
       if c > 0 then
-        redis.call('SET', key, string.format('fw3 %d %d', used, first), 'PX', string.format('%d', rest))
+        redis.call('SET', key, string.format('fw3 %d %d', count, first), 'PX', string.format('%d', rest))
       end
-      return {1, rate, rate - used, used > 0 and rest or 0, 0, 0, c}
+      return {1, rate, rate - count, count > 0 and rest or 0, 0, 0, c}
     end
   end
 end
@@ -168,15 +177,6 @@ local function clock(i)
   return int(i, 'now_ms', 4e12) * 1000
 end
 
--- mode reads ARGV[i]: "take" (or missing or ""), "atmost" or "refund".
-local function mode(i)
-  local s = ARGV[i]
-  if s == nil or s == '' or s == 'take' or s == 'atmost' or s == 'refund' then
-    return s == nil and '' or s
-  end
-  fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', i, printable(s))
-end
-
 -- get reads a state key: its string, or false when it does not exist.
 local function get(k)
   local v = redis.pcall('GET', KEYS[k])
@@ -204,9 +204,8 @@ end
 -- luarate shared: end
 
 -- load reads limit i of the request whose keys start at KEYS[k] and limits at
--- ARGV[a], and its window as of now (ms). stored is the key's value when
--- already read.
-local function load(k, a, i, cost, now, stored)
+-- ARGV[a], and its window as of now (ms).
+local function load(k, a, i, cost, now)
   local rate, period, burst, lockout = limit(a + i - 1, 1e9)
   if burst ~= rate then
     fail('ARGV[%d] burst must be 0 or equal to rate for fixed_window, got %.0f', a + i - 1, burst)
@@ -214,9 +213,7 @@ local function load(k, a, i, cost, now, stored)
   if cost > rate then
     fail('cost %.0f exceeds the capacity of limit %d (rate %.0f)', cost, i, rate)
   end
-  if stored == nil then
-    stored = get(k + i - 1)
-  end
+  local stored = get(k + i - 1)
   local lim = {rate = rate, period = period, lockout = lockout, count = 0, start = now - now % period, lock = 0}
   if stored then
     local c, s, l = string.match(stored, '^fw3 (%d+) (%d+) (%d+)$')
@@ -236,20 +233,22 @@ local function load(k, a, i, cost, now, stored)
   return lim
 end
 
--- state is what a key holds after a decision: the value and its TTL in ms.
-local function state(lim, now)
+-- save writes limit lim's state to KEYS[key], with a TTL until its window
+-- ends, or its lock if later.
+local function save(key, lim, now)
   local rest = lim.start + lim.period - now
   if lim.lock > now then
     local wait = lim.lock - now
-    return {string.format('fw3 %d %d %d', lim.count, lim.start, lim.lock), rest > wait and rest or wait}
+    redis.call('SET', KEYS[key], string.format('fw3 %d %d %d', lim.count, lim.start, lim.lock), 'PX', string.format('%d', rest > wait and rest or wait))
+  else
+    redis.call('SET', KEYS[key], string.format('fw3 %d %d', lim.count, lim.start), 'PX', string.format('%d', rest))
   end
-  return {string.format('fw3 %d %d', lim.count, lim.start), rest}
 end
 
 -- decide answers one request: n limits with keys from KEYS[k] and limits from
--- ARGV[a], taking cost in mode at now (microseconds); stored is KEYS[k]'s value
--- when already read. It validates everything before it writes anything.
-local function decide(k, n, a, cost, how, now, stored)
+-- ARGV[a], taking cost in mode how at now (microseconds). It validates
+-- everything before it writes anything.
+local function decide(k, n, a, cost, how, now)
   now = (now - now % 1000) / 1000
   for i = 2, n do
     for j = 1, i - 1 do
@@ -258,8 +257,8 @@ local function decide(k, n, a, cost, how, now, stored)
       end
     end
   end
-  local lims = {load(k, a, 1, cost, now, stored)}
-  for i = 2, n do
+  local lims = {}
+  for i = 1, n do
     lims[i] = load(k, a, i, cost, now)
   end
   local take = cost -- what every limit is charged
@@ -280,7 +279,6 @@ local function decide(k, n, a, cost, how, now, stored)
   end
 
   local reply
-  local writes = {} -- key index -> state to write, when the request is decided
   for i = 1, n do
     local lim = lims[i]
     local given = 0
@@ -307,13 +305,7 @@ local function decide(k, n, a, cost, how, now, stored)
     else
       r = {0, lim.rate, lim.count < lim.rate and lim.rate - lim.count or 0, reset, rest, 0, given}
     end
-    if locks or given > 0 then
-      writes[i] = state(lim, now) -- written whatever the other limits decide
-    end
-    if fits and take > 0 and lim.lock <= now then
-      lim.count = lim.count + take
-      lim.admitted = state(lim, now) -- written only if every limit admits
-    end
+    lim.changed = locks or given > 0 -- written whatever the other limits decide
     if tighter(r, reply) then
       reply = r
     end
@@ -321,13 +313,14 @@ local function decide(k, n, a, cost, how, now, stored)
 
   -- reply is a denying limit whenever any limit denies: then only locks and
   -- refunds are written
+  local admitted = reply[1] == 1 and take > 0
   for i = 1, n do
-    local w = writes[i]
-    if reply[1] == 1 and take > 0 then
-      w = lims[i].admitted
+    local lim = lims[i]
+    if admitted then
+      lim.count = lim.count + take -- written only if every limit admits
     end
-    if w then
-      redis.call('SET', KEYS[k + i - 1], w[1], 'PX', w[2])
+    if admitted or lim.changed then
+      save(k + i - 1, lim, now)
     end
   end
   return reply
@@ -343,7 +336,10 @@ local function run()
     elseif nargs < nkeys or nargs > nkeys + 3 then
       fail('expected %d to %d ARGV (a limit per key, then [cost [now_ms [mode]]]), got %d', nkeys, nkeys + 3, nargs)
     end
-    local how = mode(nkeys + 3)
+    local how = ARGV[nkeys + 3] or ''
+    if how ~= '' and how ~= 'take' and how ~= 'atmost' and how ~= 'refund' then
+      fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', nkeys + 3, printable(how))
+    end
     local cost = nargs == nkeys and 1 or int(nkeys + 1, 'cost', 1e9)
     return decide(1, nkeys, 1, cost, how, clock(nkeys + 2))
   end

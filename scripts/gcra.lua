@@ -72,16 +72,19 @@
 --   redis-cli --eval scripts/gcra.lua rl:{ex}:gcra , '10 1000 10'
 --   redis-cli --eval scripts/gcra.lua rl:{ex}:gcra rl:{ex}:gcra:s rl:{ex}:gcra:h , batch '' '1 1' '10 1000 10' '2 1' '10 1000 0' '100 3600000 0'
 
--- The common call (one limit, no lockout, take or peek, Redis's clock) is
--- decided here, before anything else is defined; every other call, and any
--- argument or state this path does not accept, goes on to the general path
--- below, which decides the same and names what is wrong.
-local key, spec, c, nargs = KEYS[1], ARGV[1], ARGV[2] or '1', #ARGV
-if #KEYS == 1 and nargs <= 2 and #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
+-- The common call (one limit, no lockout, take or peek) is decided here,
+-- before anything else is defined; every other call, and any argument or
+-- state this path does not accept, goes on to the general path below, which
+-- decides the same and names what is wrong.
+local nargs, spec, c, now_ms, how = #ARGV, ARGV[1], ARGV[2] or '1', ARGV[3] or '', ARGV[4] or ''
+if #KEYS == 1 and nargs <= 4 and (how == '' or how == 'take') and #spec <= 36
+  and (c == '1' or #c <= 10 and string.find(c, '^%d+$'))
+  and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$')) then
   local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
-  local stored = redis.pcall('GET', key)
-  local tat = type(stored) == 'string' and string.match(stored, '^gcra3 (%d+)$')
-  if rate and (tat or not stored) then
+  if rate then
+    local key = KEYS[1]
+    local stored = redis.pcall('GET', key)
+    local tat = type(stored) == 'string' and string.match(stored, '^gcra3 (%d+)$')
     rate, period, burst = rate + 0, period + 0, burst + 0
     c = c == '1' and 1 or c + 0
     if burst == 0 then
@@ -89,9 +92,15 @@ if #KEYS == 1 and nargs <= 2 and #spec <= 36 and (c == '1' or #c <= 10 and strin
     end
     local interval = math.ceil(period * 1000 / rate) -- T, in microseconds
     local tolerance = burst * interval
-    if rate >= 1 and rate <= 1e9 and rate <= period * 1000 and period <= 1e12 and burst <= 1e9 and c <= burst and tolerance <= 4e15 then
-      local t = redis.call('TIME')
-      local now = t[1] * 1000000 + t[2]
+    if (tat or not stored) and rate >= 1 and rate <= 1e9 and rate <= period * 1000 and period <= 1e12
+      and burst <= 1e9 and c <= burst and tolerance <= 4e15 and (now_ms == '' or now_ms + 0 <= 4e12) then
+      local now
+      if now_ms == '' then
+        local t = redis.call('TIME')
+        now = t[1] * 1000000 + t[2]
+      else
+        now = now_ms * 1000
+      end
       tat = tat and tat + 0 or now
       if tat < now then
         tat = now
@@ -170,15 +179,6 @@ local function clock(i)
   return int(i, 'now_ms', 4e12) * 1000
 end
 
--- mode reads ARGV[i]: "take" (or missing or ""), "atmost" or "refund".
-local function mode(i)
-  local s = ARGV[i]
-  if s == nil or s == '' or s == 'take' or s == 'atmost' or s == 'refund' then
-    return s == nil and '' or s
-  end
-  fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', i, printable(s))
-end
-
 -- get reads a state key: its string, or false when it does not exist.
 local function get(k)
   local v = redis.pcall('GET', KEYS[k])
@@ -206,8 +206,8 @@ end
 -- luarate shared: end
 
 -- load reads limit i of the request whose keys start at KEYS[k] and limits at
--- ARGV[a], and its state as of now. stored is the key's value when already read.
-local function load(k, a, i, cost, now, stored)
+-- ARGV[a], and its state as of now.
+local function load(k, a, i, cost, now)
   local rate, period, burst, lockout = limit(a + i - 1, 1e9)
   if rate > period * 1000 then
     fail('ARGV[%d] rate %.0f is over 1000 per ms of period_ms %.0f', a + i - 1, rate, period)
@@ -220,9 +220,7 @@ local function load(k, a, i, cost, now, stored)
   if cost > burst then
     fail('cost %.0f exceeds the capacity of limit %d (burst %.0f)', cost, i, burst)
   end
-  if stored == nil then
-    stored = get(k + i - 1)
-  end
+  local stored = get(k + i - 1)
   local lim = {burst = burst, interval = interval, tolerance = tolerance, lockout = lockout * 1000, tat = now, lock = 0}
   if stored then
     local t, l = string.match(stored, '^gcra3 (%d+)$'), '0'
@@ -241,22 +239,23 @@ local function load(k, a, i, cost, now, stored)
   return lim
 end
 
--- state is what a key holds after a decision: the value and its TTL in ms,
--- or false when the key is full and unlocked and needs no state.
-local function state(lim, now)
+-- save writes limit lim's state to KEYS[key] with its TTL, or deletes the key
+-- when it is full and unlocked and needs no state.
+local function save(key, lim, now)
   if lim.lock > now then
     local last = lim.tat > lim.lock and lim.tat or lim.lock
-    return {string.format('gcra3 %d %d', lim.tat, lim.lock), math.ceil((last - now) / 1000)}
+    redis.call('SET', KEYS[key], string.format('gcra3 %d %d', lim.tat, lim.lock), 'PX', string.format('%d', math.ceil((last - now) / 1000)))
   elseif lim.tat > now then
-    return {string.format('gcra3 %d', lim.tat), math.ceil((lim.tat - now) / 1000)}
+    redis.call('SET', KEYS[key], string.format('gcra3 %d', lim.tat), 'PX', string.format('%d', math.ceil((lim.tat - now) / 1000)))
+  else
+    redis.call('DEL', KEYS[key])
   end
-  return false
 end
 
 -- decide answers one request: n limits with keys from KEYS[k] and limits from
--- ARGV[a], taking cost in mode at now (microseconds); stored is KEYS[k]'s value
--- when already read. It validates everything before it writes anything.
-local function decide(k, n, a, cost, how, now, stored)
+-- ARGV[a], taking cost in mode how at now (microseconds). It validates
+-- everything before it writes anything.
+local function decide(k, n, a, cost, how, now)
   for i = 2, n do
     for j = 1, i - 1 do
       if KEYS[k + i - 1] == KEYS[k + j - 1] then
@@ -264,8 +263,8 @@ local function decide(k, n, a, cost, how, now, stored)
       end
     end
   end
-  local lims = {load(k, a, 1, cost, now, stored)}
-  for i = 2, n do
+  local lims = {}
+  for i = 1, n do
     lims[i] = load(k, a, i, cost, now)
   end
   local take = cost -- what every limit is charged
@@ -287,7 +286,6 @@ local function decide(k, n, a, cost, how, now, stored)
   end
 
   local reply
-  local writes = {} -- key index -> state to write, when the request is decided
   for i = 1, n do
     local lim = lims[i]
     local given = 0
@@ -319,13 +317,8 @@ local function decide(k, n, a, cost, how, now, stored)
       local left = math.floor((now + lim.tolerance - lim.tat) / lim.interval)
       r = {0, lim.burst, left > 0 and left or 0, reset, math.ceil((allow_at - now) / 1000), 0, given}
     end
-    if locks or given > 0 then
-      writes[i] = state(lim, now) -- written whatever the other limits decide
-    end
-    if fits and take > 0 and lim.lock <= now then
-      lim.tat = new_tat
-      lims[i].admitted = state(lim, now) -- written only if every limit admits
-    end
+    lim.changed = locks or given > 0 -- written whatever the other limits decide
+    lim.admitted_tat = new_tat -- written only if every limit admits
     if tighter(r, reply) then
       reply = r
     end
@@ -333,15 +326,14 @@ local function decide(k, n, a, cost, how, now, stored)
 
   -- reply is a denying limit whenever any limit denies: then only locks and
   -- refunds are written
+  local admitted = reply[1] == 1 and take > 0
   for i = 1, n do
-    local w = writes[i]
-    if reply[1] == 1 and take > 0 then
-      w = lims[i].admitted
+    local lim = lims[i]
+    if admitted then
+      lim.tat = lim.admitted_tat
     end
-    if w then
-      redis.call('SET', KEYS[k + i - 1], w[1], 'PX', w[2])
-    elseif w == false then
-      redis.call('DEL', KEYS[k + i - 1])
+    if admitted or lim.changed then
+      save(k + i - 1, lim, now)
     end
   end
   return reply
@@ -357,7 +349,10 @@ local function run()
     elseif nargs < nkeys or nargs > nkeys + 3 then
       fail('expected %d to %d ARGV (a limit per key, then [cost [now_ms [mode]]]), got %d', nkeys, nkeys + 3, nargs)
     end
-    local how = mode(nkeys + 3)
+    local how = ARGV[nkeys + 3] or ''
+    if how ~= '' and how ~= 'take' and how ~= 'atmost' and how ~= 'refund' then
+      fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', nkeys + 3, printable(how))
+    end
     local cost = nargs == nkeys and 1 or int(nkeys + 1, 'cost', 1e9)
     return decide(1, nkeys, 1, cost, how, clock(nkeys + 2))
   end

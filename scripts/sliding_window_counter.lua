@@ -90,29 +90,38 @@
 --   redis-cli --eval scripts/sliding_window_counter.lua rl:{ex}:swc , '10 1000 0'
 --   redis-cli --eval scripts/sliding_window_counter.lua rl:{ex}:swc rl:{ex}:swc:s rl:{ex}:swc:h , batch '' '1 1' '10 1000 0' '2 1' '10 1000 0' '100 3600000 0'
 
--- The common call (one limit, no lockout, take or peek, Redis's clock) is
--- decided here, before anything else is defined; every other call, and any
--- argument or state this path does not accept, goes on to the general path
--- below, which decides the same and names what is wrong.
-local key, spec, c, nargs = KEYS[1], ARGV[1], ARGV[2] or '1', #ARGV
-if #KEYS == 1 and nargs <= 2 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
+-- The common call (one limit, no lockout, take or peek) is decided here,
+-- before anything else is defined; every other call, and any argument or
+-- state this path does not accept, goes on to the general path below, which
+-- decides the same and names what is wrong.
+local nargs, spec, c, now_ms, how = #ARGV, ARGV[1], ARGV[2] or '1', ARGV[3] or '', ARGV[4] or ''
+if #KEYS == 1 and nargs <= 4 and (how == '' or how == 'take')
+  and (c == '1' or #c <= 10 and string.find(c, '^%d+$'))
+  and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$')) then
   local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
-  local stored = redis.pcall('GET', key)
-  local cur, seen, prev
-  if type(stored) == 'string' then
-    cur, seen, prev = string.match(stored, '^swc3 (%d+) (%d+) (%d+)$')
-  end
-  if rate and #rate <= 10 and #period <= 13 and #burst <= 10 and (cur or not stored) then
+  if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
+    local key = KEYS[1]
+    local stored = redis.pcall('GET', key)
+    local cur, seen, prev
+    if type(stored) == 'string' then
+      cur, seen, prev = string.match(stored, '^swc3 (%d+) (%d+) (%d+)$')
+    end
     rate, period, burst = rate + 0, period + 0, burst + 0
     c = c == '1' and 1 or c + 0
     if cur then
       cur, seen, prev = cur + 0, seen + 0, prev + 0
     end
-    if rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12 and (burst == 0 or burst == rate) and rate * period <= 9e15
-      and c <= rate and (not cur or cur <= 1e9 and seen <= 4e12 and prev <= 1e9) then
-      local t = redis.call('TIME')
-      local now = t[1] * 1000000 + t[2]
-      now = (now - now % 1000) / 1000
+    if (cur or not stored) and rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12
+      and (burst == 0 or burst == rate) and rate * period <= 9e15 and c <= rate
+      and (not cur or cur <= 1e9 and seen <= 4e12 and prev <= 1e9) and (now_ms == '' or now_ms + 0 <= 4e12) then
+      local now
+      if now_ms == '' then
+        local t = redis.call('TIME')
+        now = t[1] * 1000000 + t[2]
+        now = (now - now % 1000) / 1000
+      else
+        now = now_ms + 0
+      end
       local start, at, count, before = now - now % period, now, 0, 0
       if not cur then -- a new key
       elseif seen >= start then
@@ -235,15 +244,6 @@ local function clock(i)
   return int(i, 'now_ms', 4e12) * 1000
 end
 
--- mode reads ARGV[i]: "take" (or missing or ""), "atmost" or "refund".
-local function mode(i)
-  local s = ARGV[i]
-  if s == nil or s == '' or s == 'take' or s == 'atmost' or s == 'refund' then
-    return s == nil and '' or s
-  end
-  fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', i, printable(s))
-end
-
 -- get reads a state key: its string, or false when it does not exist.
 local function get(k)
   local v = redis.pcall('GET', KEYS[k])
@@ -283,9 +283,8 @@ local function floor_div(a, b)
 end
 
 -- load reads limit i of the request whose keys start at KEYS[k] and limits at
--- ARGV[a], and its two windows as of now (ms). stored is the key's value when
--- already read.
-local function load(k, a, i, cost, now, stored)
+-- ARGV[a], and its two windows as of now (ms).
+local function load(k, a, i, cost, now)
   local rate, period, burst, lockout = limit(a + i - 1, 1e9)
   if burst ~= rate then
     fail('ARGV[%d] burst must be 0 or equal to rate for sliding_window_counter, got %.0f', a + i - 1, burst)
@@ -296,9 +295,7 @@ local function load(k, a, i, cost, now, stored)
   if cost > rate then
     fail('cost %.0f exceeds the capacity of limit %d (rate %.0f)', cost, i, rate)
   end
-  if stored == nil then
-    stored = get(k + i - 1)
-  end
+  local stored = get(k + i - 1)
   -- at: the instant the estimate is taken at
   local lim = {rate = rate, period = period, lockout = lockout, start = now - now % period, at = now, cur = 0, prev = 0, lock = 0}
   if stored then
@@ -331,23 +328,24 @@ local function weighted(lim)
   return floor_div(lim.prev * (lim.start + lim.period - lim.at) + lim.period - 1, lim.period)
 end
 
--- state is what a key holds after a decision, given its reset_after_ms: the
--- value and its TTL in ms, or false when both windows are empty and no lock
--- holds.
-local function state(lim, now, reset)
+-- save writes limit lim's state to KEYS[key] with a TTL of reset ms (its
+-- reset_after_ms), or the lock if later, or deletes the key when both windows
+-- are empty and no lock holds.
+local function save(key, lim, now, reset)
   if lim.lock > now then
     local wait = lim.lock - now
-    return {string.format('swc3 %d %d %d %d', lim.cur, lim.start, lim.prev, lim.lock), reset > wait and reset or wait}
+    redis.call('SET', KEYS[key], string.format('swc3 %d %d %d %d', lim.cur, lim.start, lim.prev, lim.lock), 'PX', string.format('%d', reset > wait and reset or wait))
   elseif reset > 0 then
-    return {string.format('swc3 %d %d %d', lim.cur, lim.start, lim.prev), reset}
+    redis.call('SET', KEYS[key], string.format('swc3 %d %d %d', lim.cur, lim.start, lim.prev), 'PX', string.format('%d', reset))
+  else
+    redis.call('DEL', KEYS[key])
   end
-  return false
 end
 
 -- decide answers one request: n limits with keys from KEYS[k] and limits from
--- ARGV[a], taking cost in mode at now (microseconds); stored is KEYS[k]'s value
--- when already read. It validates everything before it writes anything.
-local function decide(k, n, a, cost, how, now, stored)
+-- ARGV[a], taking cost in mode how at now (microseconds). It validates
+-- everything before it writes anything.
+local function decide(k, n, a, cost, how, now)
   now = (now - now % 1000) / 1000
   for i = 2, n do
     for j = 1, i - 1 do
@@ -356,8 +354,8 @@ local function decide(k, n, a, cost, how, now, stored)
       end
     end
   end
-  local lims = {load(k, a, 1, cost, now, stored)}
-  for i = 2, n do
+  local lims = {}
+  for i = 1, n do
     lims[i] = load(k, a, i, cost, now)
   end
   local take = cost -- what every limit is charged
@@ -379,7 +377,6 @@ local function decide(k, n, a, cost, how, now, stored)
   end
 
   local reply
-  local writes = {} -- key index -> state to write, when the request is decided
   for i = 1, n do
     local lim = lims[i]
     local rate, period, start = lim.rate, lim.period, lim.start
@@ -438,13 +435,8 @@ local function decide(k, n, a, cost, how, now, stored)
       local left = rate - cur - weight
       r = {0, rate, left > 0 and left or 0, reset, retry, 0, given}
     end
-    if locks or given > 0 then
-      writes[i] = state(lim, now, reset) -- written whatever the other limits decide
-    end
-    if fits and take > 0 and lim.lock <= now then
-      lim.cur = cur + take
-      lims[i].admitted = state(lim, now, start + 2 * period - now) -- written only if every limit admits
-    end
+    lim.changed = locks or given > 0 -- written whatever the other limits decide
+    lim.reset = reset
     if tighter(r, reply) then
       reply = r
     end
@@ -452,15 +444,15 @@ local function decide(k, n, a, cost, how, now, stored)
 
   -- reply is a denying limit whenever any limit denies: then only locks and
   -- refunds are written
+  local admitted = reply[1] == 1 and take > 0
   for i = 1, n do
-    local w = writes[i]
-    if reply[1] == 1 and take > 0 then
-      w = lims[i].admitted
+    local lim = lims[i]
+    if admitted then
+      lim.cur = lim.cur + take -- written only if every limit admits
+      lim.reset = lim.start + 2 * lim.period - now
     end
-    if w then
-      redis.call('SET', KEYS[k + i - 1], w[1], 'PX', w[2])
-    elseif w == false then
-      redis.call('DEL', KEYS[k + i - 1])
+    if admitted or lim.changed then
+      save(k + i - 1, lim, now, lim.reset)
     end
   end
   return reply
@@ -476,7 +468,10 @@ local function run()
     elseif nargs < nkeys or nargs > nkeys + 3 then
       fail('expected %d to %d ARGV (a limit per key, then [cost [now_ms [mode]]]), got %d', nkeys, nkeys + 3, nargs)
     end
-    local how = mode(nkeys + 3)
+    local how = ARGV[nkeys + 3] or ''
+    if how ~= '' and how ~= 'take' and how ~= 'atmost' and how ~= 'refund' then
+      fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', nkeys + 3, printable(how))
+    end
     local cost = nargs == nkeys and 1 or int(nkeys + 1, 'cost', 1e9)
     return decide(1, nkeys, 1, cost, how, clock(nkeys + 2))
   end
