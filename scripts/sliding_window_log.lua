@@ -95,7 +95,7 @@
 local key, spec, c = KEYS[1], ARGV[1], ARGV[2] or '1'
 if #KEYS == 1 and #ARGV <= 2 and #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
   local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
-  local top = redis.pcall('ZRANGE', key, -2, -1) -- the newest entry and the marker
+  local top = redis.pcall('ZRANGE', key, '-2', '-1') -- the newest entry and the marker
   local n, newest, d, j = #top
   if n == 2 then
     newest, d, j = string.match(top[1], '^(%d+):(%d)(%d+)$')
@@ -107,17 +107,20 @@ if #KEYS == 1 and #ARGV <= 2 and #spec <= 36 and (c == '1' or #c <= 10 and strin
       local t = redis.call('TIME')
       local now = t[1] * 1000000 + t[2]
       local span = period * 1000
-      local count = 0 -- entries in the window
-      if newest then
-        newest = newest + 0
+      local count, stale = 0, 0 -- entries in the window, and older ones
+      if n == 2 then
+        local card = redis.call('ZCARD', key) - 1 -- (the marker)
+        newest, stale = newest + 0, card
         if newest + span > now then
-          count = redis.call('ZCOUNT', key, string.format('(%d', now - span), '+inf') - 1
+          -- counted from the oldest end: cheap while the log is small (a listpack)
+          stale = redis.call('ZCOUNT', key, '-inf', string.format('%d', now - span))
         end
+        count = card - stale
       end
       if count + c > rate then
-        -- it fits once the oldest count + c - rate entries have left: the
-        -- last of them is rank c - rate - 2 from the end (the marker is -1)
-        local blocking = string.match(redis.call('ZRANGE', key, c - rate - 2, c - rate - 2)[1] or '', '^%d+')
+        -- it fits once the oldest count + c - rate entries in the window have left
+        local b = stale + count + c - rate - 1
+        local blocking = string.match(redis.call('ZRANGE', key, b, b)[1] or '', '^%d+')
         if blocking then
           return {0, rate, count < rate and rate - count or 0, math.ceil((newest + span - now) / 1000), math.ceil((blocking + span - now) / 1000), 0, 0}
         end
@@ -147,11 +150,8 @@ if #KEYS == 1 and #ARGV <= 2 and #spec <= 36 and (c == '1' or #c <= 10 and strin
         redis.call('ZADD', key, unpack(args)) -- first: refused for memory, it changes nothing
         local reset = math.ceil((at + span - now) / 1000)
         redis.call('PEXPIRE', key, string.format('%d', reset))
-        if n == 2 then
-          local stale = redis.call('ZCARD', key) - 1 - count - c
-          if stale > 0 then
-            redis.call('ZREMRANGEBYRANK', key, 0, (stale < c and stale or c) - 1)
-          end
+        if stale > 0 then
+          redis.call('ZREMRANGEBYRANK', key, 0, (stale < c and stale or c) - 1)
         end
         return {1, rate, rate - count - c, reset, 0, 0, c}
       end
@@ -263,8 +263,8 @@ local function entry(k, member)
 end
 
 -- load reads limit i of the request whose keys start at KEYS[k] and limits at
--- ARGV[a], and its log as of now: the entries in the window, the newest entry
--- and the lock. stored is the key's ZRANGE -2 -1 when already read.
+-- ARGV[a], and its log as of now: the entries in the window and before it,
+-- the newest entry and the lock. stored is the key's ZRANGE -2 -1 when already read.
 local function load(k, a, i, cost, now, stored)
   local rate, period, burst, lockout = limit(a + i - 1, 4000)
   if burst ~= rate then
@@ -273,14 +273,14 @@ local function load(k, a, i, cost, now, stored)
     fail('cost %.0f exceeds the capacity of limit %d (rate %.0f)', cost, i, rate)
   end
   local key = KEYS[k + i - 1]
-  local top = stored or redis.pcall('ZRANGE', key, -2, -1)
+  local top = stored or redis.pcall('ZRANGE', key, '-2', '-1')
   if top.err then
     if string.find(top.err, '^WRONGTYPE') then
       fail('KEYS[%d] holds a value that is not a sorted set; use another key', k + i - 1)
     end
     error(top) -- Redis's own error (NOPERM, ...), passed on with its code
   end
-  local lim = {key = key, rate = rate, span = period * 1000, lockout = lockout * 1000, members = #top, count = 0, lock = 0}
+  local lim = {key = key, rate = rate, span = period * 1000, lockout = lockout * 1000, members = #top, count = 0, stale = 0, lock = 0}
   if lim.members > 0 then
     local marker = top[lim.members]
     local lock = string.match(marker, '^swl3 (%d+)$')
@@ -291,9 +291,12 @@ local function load(k, a, i, cost, now, stored)
   end
   if lim.members == 2 then
     lim.newest, lim.j = entry(k + i - 1, top[1])
+    local card = redis.call('ZCARD', key) - 1 -- (the marker)
+    lim.stale = card
     if lim.newest + lim.span > now then
-      lim.count = redis.call('ZCOUNT', key, string.format('(%d', now - lim.span), '+inf') - 1
+      lim.stale = redis.call('ZCOUNT', key, '-inf', string.format('%d', now - lim.span))
     end
+    lim.count = card - lim.stale
   end
   return lim
 end
@@ -376,9 +379,8 @@ local function decide(k, n, a, cost, how, now, stored)
     local retry = 0
     if not fits then
       -- it fits once the oldest count + take - rate entries in the window
-      -- have left (the last of them counted from the end, where the marker
-      -- and the entries a refund removes are)
-      local rank = take - lim.rate - 2 - given
+      -- have left (a refund removes the newest: the ranks below stay)
+      local rank = lim.stale + count + take - lim.rate - 1
       retry = math.ceil((entry(k + i - 1, redis.call('ZRANGE', lim.key, rank, rank)[1]) + lim.span - now) / 1000)
     end
     local wait = math.ceil((lim.lock - now) / 1000)
@@ -430,10 +432,7 @@ local function decide(k, n, a, cost, how, now, stored)
         if lim.members == 0 or lim.lock > 0 then
           w.marker = 'swl3' -- a new log, or a lock that has ended
         end
-        if lim.members == 2 then
-          local stale = redis.call('ZCARD', lim.key) - 1 - lim.count
-          w.prune = stale < take and stale or take
-        end
+        w.prune = lim.stale < take and lim.stale or take
       else
         w.add = {}
       end
