@@ -71,7 +71,7 @@ var (
 func TestBatchForm(t *testing.T) {
 	const now = "1700000000250"
 	eachBackend(t, func(t *testing.T, b backend) {
-		for _, script := range limiterScripts {
+		for _, script := range limiterNames() {
 			t.Run(script, func(t *testing.T) {
 				atmost, refund := "atmost", "refund"
 				if script == "leaky_queue" {

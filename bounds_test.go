@@ -45,9 +45,9 @@ func TestRepliesNeverOverflow(t *testing.T) {
 				require.NoError(t, lim.Validate(), "%+v", lim)
 				key := fmt.Sprint("largest", i)
 				n := lim.Capacity() // all at once, then one more
-			if lim.Algorithm == SlidingWindowLog {
-				n = maxLogCost // entries one call may add
-			}
+				if lim.Algorithm == SlidingWindowLog {
+					n = maxLogCost // entries one call may add
+				}
 				var res Result
 				var err error
 				for range 2 + lim.Capacity()/n { // at most 33 calls

@@ -111,3 +111,12 @@ func v3argv(limits []string, cost, now, mode string) []string {
 	}
 	return slices.Clip(append(argv, tail...)) // callers append to it
 }
+
+// limiterNames are the names of the limiter scripts (all but concurrency).
+func limiterNames() []string {
+	var out []string
+	for _, a := range Algorithms() {
+		out = append(out, a.String())
+	}
+	return out
+}

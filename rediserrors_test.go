@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -62,7 +61,7 @@ func TestRedisErrorsPassThrough(t *testing.T) {
 }
 
 func scriptNamesWithConcurrency() []string {
-	return append(slices.Clone(limiterScripts), "concurrency")
+	return append(limiterNames(), "concurrency")
 }
 
 // admitOnce makes one admitting call of the named script through the client.

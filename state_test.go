@@ -93,7 +93,7 @@ func TestTypedStateInMultiLimitCall(t *testing.T) {
 	const now = "1700000000250"
 	eachBackend(t, func(t *testing.T, b backend) {
 		c, ctx := b.client, context.Background()
-		for _, name := range limiterScripts {
+		for _, name := range limiterNames() {
 			for _, other := range Scripts() {
 				if other.Name == name {
 					continue
