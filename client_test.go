@@ -5,6 +5,7 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -337,46 +338,48 @@ func TestKeyOfAnotherTypeIsLeftUntouched(t *testing.T) {
 
 // TestRaceNeverOverAdmits: 64 goroutines on 4 connections race for one key
 // of each algorithm on real Redis, with the clock frozen: exactly the
-// capacity is admitted.
+// capacity is admitted, with batching on (the default) and off.
 func TestRaceNeverOverAdmits(t *testing.T) {
 	if realAddr == "" {
 		t.Skip("SKIPPED: no real Redis")
 	}
-	for _, algo := range Algorithms() {
-		t.Run(algo.String(), func(t *testing.T) {
-			// several connections (one rueidis client each) and 64 goroutines
-			// on one key; the clock is frozen, so exactly the capacity fits
-			prefix := uniquePrefix()
-			clk := &clock{ms: 1_700_000_000_000}
-			var limiters []*Limiter
-			for i := 0; i < 4; i++ {
-				limiters = append(limiters, New(redistest.Client(t, realAddr), WithPrefix(prefix), WithClock(clk.now)))
-			}
-			limit := PerMinute(algo, 100)
-			var admitted, denied atomic.Int64
-			var wg sync.WaitGroup
-			for g := 0; g < 64; g++ {
-				wg.Add(1)
-				go func(l *Limiter) {
-					defer wg.Done()
-					for i := 0; i < 10; i++ {
-						res, err := l.Allow(context.Background(), "hot", limit)
-						if err != nil {
-							t.Error(err)
-							return
+	for _, batching := range []bool{true, false} {
+		for _, algo := range Algorithms() {
+			t.Run(fmt.Sprintf("batching=%v/%s", batching, algo), func(t *testing.T) {
+				// several connections (one rueidis client each) and 64 goroutines
+				// on one key; the clock is frozen, so exactly the capacity fits
+				prefix := uniquePrefix()
+				clk := &clock{ms: 1_700_000_000_000}
+				var limiters []*Limiter
+				for i := 0; i < 4; i++ {
+					limiters = append(limiters, New(redistest.Client(t, realAddr), WithPrefix(prefix), WithClock(clk.now), WithBatching(batching)))
+				}
+				limit := PerMinute(algo, 100)
+				var admitted, denied atomic.Int64
+				var wg sync.WaitGroup
+				for g := 0; g < 64; g++ {
+					wg.Add(1)
+					go func(l *Limiter) {
+						defer wg.Done()
+						for i := 0; i < 10; i++ {
+							res, err := l.Allow(context.Background(), "hot", limit)
+							if err != nil {
+								t.Error(err)
+								return
+							}
+							if res.Allowed {
+								admitted.Add(1)
+							} else {
+								denied.Add(1)
+							}
 						}
-						if res.Allowed {
-							admitted.Add(1)
-						} else {
-							denied.Add(1)
-						}
-					}
-				}(limiters[g%len(limiters)])
-			}
-			wg.Wait()
-			require.Equal(t, int64(100), admitted.Load())
-			require.Equal(t, int64(540), denied.Load())
-		})
+					}(limiters[g%len(limiters)])
+				}
+				wg.Wait()
+				require.Equal(t, int64(100), admitted.Load())
+				require.Equal(t, int64(540), denied.Load())
+			})
+		}
 	}
 }
 
