@@ -301,36 +301,39 @@ func TestAbuseScriptBadInput(t *testing.T) {
 		for _, algo := range Algorithms() { // concurrency: TestConcurrencyHostileInput
 			name := algo.String()
 			s := scripts[name]
-			keys := []string{"{a}:" + s.Name + ":1", "{a}:" + s.Name + ":2"}
-			_, errText := b.eval(t, s.Name, keys, "10", "3600000", "0", "100", "7200000", "0", "3", now)
-			require.Empty(t, errText)
-			before := b.snapshot(t)
-			for _, c := range []struct {
-				argv []string
-				want string
-			}{
-				{[]string{"10", "3600000", "0", "100", "7200000", "0", "1", now, "steal"}, `ERR luarate: ARGV[9] mode must be take, atmost or refund, got "steal"`},
-				{[]string{"10", "3600000", "0", "100", "7200000", "0", "1", now, "TAKE"}, `ERR luarate: ARGV[9] mode must be take, atmost or refund, got "TAKE"`},
-				{[]string{"10", "3600000", "0", "100", "7200000", "0", "1", now, "refund", "1000", "-1"}, `ERR luarate: ARGV[11] lockout_ms must be an integer from 0 to 1000000000000, got "-1"`},
-				{[]string{"10", "3600000", "0", "100", "7200000", "0", "1", now, "take", "1e3", "0"}, `ERR luarate: ARGV[10] lockout_ms must be an integer from 0 to 1000000000000, got "1e3"`},
-				{[]string{"10", "3600000", "0", "100", "7200000", "0", "1", now, "take", "1000000000001", "0"}, `ERR luarate: ARGV[10] lockout_ms must be an integer from 0 to 1000000000000, got "1000000000001"`},
-				{[]string{"10", "3600000", "0", "100", "7200000", "0", "1", now, "take", "1000"}, "ERR luarate: expected 7, 8, 9 or 11 ARGV (rate, period_ms, burst per key, then cost [now_ms [mode [lockout_ms per key]]]), got 10"},
-				{[]string{"10", "3600000", "0", "100", "7200000", "0", "11", now, "refund"}, "ERR luarate: ARGV[7] cost 11 exceeds the capacity of limit 1 (rate 10)"},
-			} {
-				reply, errText := b.eval(t, s.Name, keys, c.argv...)
-				requireLuarateError(t, reply, errText, s.Name)
-				if s.Name == "leaky_queue" { // takes no refunds, so names no refund mode
-					c.want = strings.Replace(c.want, "must be take, atmost or refund", "must be take or atmost", 1)
-					if slices.Contains(c.argv, "refund") {
-						c.want = "ERR luarate: ARGV[9] mode refund is not offered by leaky_queue: admitted requests hold their departure slots"
+			t.Run(name, func(t *testing.T) {
+				keys := []string{"{a}:" + s.Name + ":1", "{a}:" + s.Name + ":2"}
+				lims := []string{"10 3600000 0", "100 7200000 0"}
+				_, errText := b.eval(t, s.Name, keys, v3argv(lims, "3", now, "")...)
+				require.Empty(t, errText)
+				before := b.snapshot(t)
+				for _, c := range []struct {
+					argv []string
+					want string
+				}{
+					{v3argv(lims, "1", now, "steal"), `ERR luarate: ARGV[5] mode must be take, atmost or refund, got "steal"`},
+					{v3argv(lims, "1", now, "TAKE"), `ERR luarate: ARGV[5] mode must be take, atmost or refund, got "TAKE"`},
+					{v3argv([]string{"10 3600000 0 1000", "100 7200000 0 -1"}, "1", now, "refund"), `ERR luarate: ARGV[2] must be a limit "rate period_ms burst" or "rate period_ms burst lockout_ms" in plain digits, got "100 7200000 0 -1"`},
+					{v3argv([]string{"10 3600000 0 1e3", "100 7200000 0 0"}, "1", now, "take"), `ERR luarate: ARGV[1] must be a limit "rate period_ms burst" or "rate period_ms burst lockout_ms" in plain digits, got "10 3600000 0 1e3"`},
+					{v3argv([]string{"10 3600000 0 1000000000001", "100 7200000 0 0"}, "1", now, "take"), `ERR luarate: ARGV[1] lockout_ms must be from 0 to 1000000000000, got 1000000000001`},
+					{append(v3argv(lims, "1", now, "take"), "1000"), "ERR luarate: expected 2 to 5 ARGV (a limit per key, then [cost [now_ms [mode]]]), got 6"},
+					{v3argv(lims, "11", now, "refund"), "ERR luarate: cost 11 exceeds the capacity of limit 1 (burst 10)"},
+				} {
+					reply, errText := b.eval(t, s.Name, keys, c.argv...)
+					requireLuarateError(t, reply, errText, s.Name)
+					if s.Name == "leaky_queue" { // takes no refunds, so names no refund mode
+						c.want = strings.Replace(c.want, "must be take, atmost or refund", "must be take or atmost", 1)
+						if slices.Contains(c.argv, "refund") {
+							c.want = "ERR luarate: ARGV[5] mode refund is not offered by leaky_queue: admitted requests hold their departure slots"
+						}
 					}
+					if algorithmOf(s.Name).windowed() && strings.HasSuffix(c.want, "(burst 10)") {
+						c.want = strings.TrimSuffix(c.want, "(burst 10)") + "(rate 10)"
+					}
+					require.Equal(t, c.want, errText, s.Name)
 				}
-				if s.Name != "fixed_window" && s.Name != "sliding_window_log" && s.Name != "sliding_window_counter" && c.want[len(c.want)-9:] == "(rate 10)" {
-					c.want = c.want[:len(c.want)-9] + "(burst 10)"
-				}
-				require.Equal(t, c.want, errText, s.Name)
-			}
-			require.Equal(t, before, b.snapshot(t), "%s: state changed", s.Name)
+				require.Equal(t, before, b.snapshot(t), "%s: state changed", s.Name)
+			})
 		}
 	})
 }

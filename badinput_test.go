@@ -95,10 +95,9 @@ func requireLuarateError(t *testing.T, reply []int64, errText, what string) {
 // "ERR luarate:" line and the stored state does not change.
 func TestHostileScriptInput(t *testing.T) {
 	const now = "1700000000250"
-	// rate period_ms burst cost now_ms; an hour, so the state planted first
-	// cannot expire on real Redis's own clock while the test compares it
-	valid := []string{"10", "3600000", "0", "1", now}
-	names := []string{"rate", "period_ms", "burst", "cost", "now_ms"}
+	// a limit of 10 an hour (so the state planted first cannot expire on
+	// real Redis's own clock while the test compares it), cost, now_ms
+	valid := v3argv([]string{"10 3600000 0"}, "1", now, "")
 	eachBackend(t, func(t *testing.T, b backend) {
 		for _, s := range Scripts() {
 			if s.Name == "concurrency" {
@@ -110,45 +109,45 @@ func TestHostileScriptInput(t *testing.T) {
 				reply, errText := b.eval(t, s.Name, keys[:1], valid...)
 				require.Empty(t, errText)
 				require.Equal(t, int64(1), reply[0])
-				reply, errText = b.eval(t, s.Name, keys, "10", "3600000", "0", "100", "7200000", "0", "1", now)
+				reply, errText = b.eval(t, s.Name, keys, v3argv([]string{"10 3600000 0", "100 7200000 0"}, "1", now, "")...)
 				require.Empty(t, errText)
 				require.Equal(t, int64(1), reply[0])
 				before := b.snapshot(t)
 
-				for i := range valid {
+				// each number of the limit, then cost and now_ms
+				fields := []string{"10", "3600000", "0", "1000"} // rate period_ms burst lockout_ms
+				for i := range fields {
 					for _, bad := range hostileNumbers {
-						if i == 4 && bad == "" {
+						f := append([]string(nil), fields...)
+						f[i] = bad
+						lim := strings.Join(f[:max(i+1, 3)], " ")
+						reply, errText := b.eval(t, s.Name, keys[:1], v3argv([]string{lim}, "1", now, "")...)
+						requireLuarateError(t, reply, errText, "limit "+strings.ToValidUTF8(lim, "?"))
+						require.Contains(t, errText, "ARGV[1] ", "the error names the argument")
+					}
+				}
+				for i, name := range []string{"cost", "now_ms"} {
+					for _, bad := range hostileNumbers {
+						if bad == "" && name == "now_ms" {
 							continue // an empty now_ms means "use Redis TIME"
 						}
 						argv := append([]string(nil), valid...)
-						argv[i] = bad
+						argv[1+i] = bad
 						reply, errText := b.eval(t, s.Name, keys[:1], argv...)
-						requireLuarateError(t, reply, errText, names[i]+"="+strings.ToValidUTF8(bad, "?"))
-						require.Contains(t, errText, names[i], "the error names the argument")
+						requireLuarateError(t, reply, errText, name+"="+strings.ToValidUTF8(bad, "?"))
+						require.Contains(t, errText, "ARGV["+itoa(int64(2+i))+"] "+name, "the error names the argument")
 					}
-				}
-				for _, bad := range hostileNumbers {
-					if bad == "" {
-						continue
-					}
-					argv := append(append([]string(nil), valid...), "take", bad)
-					reply, errText := b.eval(t, s.Name, keys[:1], argv...)
-					requireLuarateError(t, reply, errText, "lockout_ms="+strings.ToValidUTF8(bad, "?"))
-					require.Contains(t, errText, "ARGV[7] lockout_ms", "the error names the argument")
 				}
 				for _, bad := range []string{"x", "Take", "take ", " take", "atmost\x00", "refund1", "-1", "0", "1", "NaN"} {
-					for _, mode := range []string{"take", "atmost", "refund"} {
-						for _, argv := range [][]string{
-							append(append([]string(nil), valid...), bad),
-							append(append([]string(nil), valid...), bad, "1000"),
-							append(append([]string(nil), valid...), mode, "1000", "1"), // one lockout_ms too many
-						} {
-							reply, errText := b.eval(t, s.Name, keys[:1], argv...)
-							requireLuarateError(t, reply, errText, "mode="+strings.ToValidUTF8(bad, "?"))
-							if len(argv) <= 7 {
-								require.Contains(t, errText, "ARGV[6] mode", "the error names the argument")
-							}
-						}
+					reply, errText := b.eval(t, s.Name, keys[:1], append(valid, bad)...)
+					requireLuarateError(t, reply, errText, "mode="+strings.ToValidUTF8(bad, "?"))
+					require.Contains(t, errText, "ARGV[4] mode", "the error names the argument")
+					for _, argv := range [][]string{
+						append(valid, bad, "1000"),
+						append(valid, "take", "1"), // one ARGV too many
+					} {
+						reply, errText := b.eval(t, s.Name, keys[:1], argv...)
+						requireLuarateError(t, reply, errText, "mode="+strings.ToValidUTF8(bad, "?"))
 					}
 				}
 				for _, c := range []struct {
@@ -159,16 +158,19 @@ func TestHostileScriptInput(t *testing.T) {
 					{"no keys", nil, valid},
 					{"no ARGV", keys[:1], nil},
 					{"ARGV for one key, two keys", keys, valid},
-					{"ARGV for two keys, one key", keys[:1], []string{"10", "1000", "0", "100", "3600000", "0", "1", now}},
-					{"one ARGV too many", keys[:1], append(append([]string(nil), valid...), "1")},
-					{"cost above capacity", keys[:1], []string{"10", "1000", "0", "11", now}},
-					{"second limit's rate bad", keys, []string{"10", "1000", "0", "-5", "3600000", "0", "1", now}},
-					{"now_ms beyond 4e12", keys[:1], []string{"10", "1000", "0", "1", "4000000000001"}},
-					{"rate beyond 1e9", keys[:1], []string{"1000000001", "1000", "0", "1", now}},
-					{"period_ms beyond 1e12", keys[:1], []string{"10", "1000000000001", "0", "1", now}},
-					{"period_ms 0", keys[:1], []string{"10", "0", "0", "1", now}},
-					{"rate 0", keys[:1], []string{"0", "1000", "0", "1", now}},
-					{"one key twice", []string{keys[0], keys[0]}, []string{"2", "1000", "0", "100", "3600000", "0", "1", now}},
+					{"ARGV for two keys, one key", keys[:1], []string{"10 1000 0", "100 3600000 0", "1", now}},
+					{"one ARGV too many", keys[:1], append(valid, "take", "1")},
+					{"limit as three ARGV (v2)", keys[:1], []string{"10", "3600000", "0", "1", now}},
+					{"empty cost", keys[:1], []string{"10 3600000 0", "", now}},
+					{"cost above capacity", keys[:1], []string{"10 1000 0", "11", now}},
+					{"second limit's rate bad", keys, []string{"10 1000 0", "-5 3600000 0", "1", now}},
+					{"now_ms beyond 4e12", keys[:1], []string{"10 1000 0", "1", "4000000000001"}},
+					{"rate beyond 1e9", keys[:1], []string{"1000000001 1000 0", "1", now}},
+					{"period_ms beyond 1e12", keys[:1], []string{"10 1000000000001 0", "1", now}},
+					{"lockout_ms beyond 1e12", keys[:1], []string{"10 1000 0 1000000000001", "1", now}},
+					{"period_ms 0", keys[:1], []string{"10 0 0", "1", now}},
+					{"rate 0", keys[:1], []string{"0 1000 0", "1", now}},
+					{"one key twice", []string{keys[0], keys[0]}, []string{"2 1000 0", "100 3600000 0", "1", now}},
 				} {
 					reply, errText := b.eval(t, s.Name, c.keys, c.argv...)
 					requireLuarateError(t, reply, errText, c.what)
@@ -189,11 +191,11 @@ func TestHostileScriptInput(t *testing.T) {
 					b.plant(t, b.prefix+k, typ)
 					before := b.snapshot(t)
 					for _, cost := range []string{"1", "0"} {
-						reply, errText := b.eval(t, s.Name, []string{k}, "10", "1000", "0", cost, now)
+						reply, errText := b.eval(t, s.Name, []string{k}, v3argv([]string{"10 1000 0"}, cost, now, "")...)
 						requireLuarateError(t, reply, errText, typ+" in the key, cost "+cost)
 						require.Contains(t, errText, "KEYS[1]", "the error names the key")
 						// in a multi-limit call, the valid first key is not charged either
-						reply, errText = b.eval(t, s.Name, []string{keys[0], k}, "10", "1000", "0", "10", "3600000", "0", cost, now)
+						reply, errText = b.eval(t, s.Name, []string{keys[0], k}, v3argv([]string{"10 1000 0", "10 3600000 0"}, cost, now, "")...)
 						requireLuarateError(t, reply, errText, typ+" in the second key")
 					}
 					require.Equal(t, before, b.snapshot(t), "%s key: state changed", typ)
@@ -297,20 +299,21 @@ func TestHostileRedisCLI(t *testing.T) {
 		script := "scripts/" + name + ".lua"
 		require.Equal(t, "OK", cli("FLUSHALL"))
 		// state to protect: k admitted once (a minute from now it still matters), h a hash
-		require.Contains(t, cli("--eval", script, "k", ",", "10", "60000", "0", "1"), "1) (integer) 1", name)
+		require.Contains(t, cli("--eval", script, "k", ",", "10 60000 0", "1"), "1) (integer) 1", name)
 		require.Equal(t, "(integer) 1", cli("HSET", "h", "f", "v"))
 		state := cli("DUMP", "k") + cli("DUMP", "h")
 		for _, args := range [][]string{
-			{"k", ",", "10", "60000", "0", "NaN"},
-			{"k", ",", "10", "60000", "0", "1.5"},
-			{"k", ",", "-10", "60000", "0", "1"},
-			{"k", ",", "10", "inf", "0", "1"},
-			{"k", ",", "10", "60000", "0", "1", "-5"},
-			{"k", ",", "10", "60000", "0", "11"},
-			{"k", ",", "10", "60000"},
-			{"k", "k", ",", "10", "60000", "0", "10", "60000", "0", "1"},
-			{",", "10", "60000", "0", "1"},
-			{"h", ",", "10", "60000", "0", "1"},
+			{"k", ",", "10 60000 0", "NaN"},
+			{"k", ",", "10 60000 0", "1.5"},
+			{"k", ",", "-10 60000 0", "1"},
+			{"k", ",", "10 inf 0", "1"},
+			{"k", ",", "10 60000 0 -5", "1"},
+			{"k", ",", "10 60000 0", "11"},
+			{"k", ",", "10", "60000", "0", "1"}, // the v2 layout
+			{"k", ",", "10 60000"},
+			{"k", "k", ",", "10 60000 0", "10 60000 0", "1"},
+			{",", "10 60000 0", "1"},
+			{"h", ",", "10 60000 0", "1"},
 		} {
 			what := name + " " + strings.Join(args, " ")
 			text := cli(append([]string{"--eval", script}, args...)...)

@@ -339,8 +339,8 @@ func (l *Limiter) command(key string, n int, m Op, limits []Limit) (*loadedScrip
 		if n < 0 || n > lim.Capacity() {
 			return nil, nil, nil, fmt.Errorf("luarate: %w: n must be from 0 to the capacity %d, got %d", ErrInvalidRequest, lim.Capacity(), n)
 		}
-		if lim.Algorithm == SlidingWindowLog && n > maxLogCost {
-			return nil, nil, nil, fmt.Errorf("luarate: %w: sliding_window_log takes at most %d units per call, got %d", ErrInvalidRequest, maxLogCost, n)
+		if lim.Algorithm == SlidingWindowLog && n*len(limits) > maxLogCost {
+			return nil, nil, nil, fmt.Errorf("luarate: %w: sliding_window_log adds at most %d entries per call (n times the limits), got %d", ErrInvalidRequest, maxLogCost, n*len(limits))
 		}
 	}
 	script := scripts[limits[0].Algorithm.String()]

@@ -5,6 +5,7 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -337,46 +338,48 @@ func TestKeyOfAnotherTypeIsLeftUntouched(t *testing.T) {
 
 // TestRaceNeverOverAdmits: 64 goroutines on 4 connections race for one key
 // of each algorithm on real Redis, with the clock frozen: exactly the
-// capacity is admitted.
+// capacity is admitted, with batching on (the default) and off.
 func TestRaceNeverOverAdmits(t *testing.T) {
 	if realAddr == "" {
 		t.Skip("SKIPPED: no real Redis")
 	}
-	for _, algo := range Algorithms() {
-		t.Run(algo.String(), func(t *testing.T) {
-			// several connections (one rueidis client each) and 64 goroutines
-			// on one key; the clock is frozen, so exactly the capacity fits
-			prefix := uniquePrefix()
-			clk := &clock{ms: 1_700_000_000_000}
-			var limiters []*Limiter
-			for i := 0; i < 4; i++ {
-				limiters = append(limiters, New(redistest.Client(t, realAddr), WithPrefix(prefix), WithClock(clk.now)))
-			}
-			limit := PerMinute(algo, 100)
-			var admitted, denied atomic.Int64
-			var wg sync.WaitGroup
-			for g := 0; g < 64; g++ {
-				wg.Add(1)
-				go func(l *Limiter) {
-					defer wg.Done()
-					for i := 0; i < 10; i++ {
-						res, err := l.Allow(context.Background(), "hot", limit)
-						if err != nil {
-							t.Error(err)
-							return
+	for _, batching := range []bool{true, false} {
+		for _, algo := range Algorithms() {
+			t.Run(fmt.Sprintf("batching=%v/%s", batching, algo), func(t *testing.T) {
+				// several connections (one rueidis client each) and 64 goroutines
+				// on one key; the clock is frozen, so exactly the capacity fits
+				prefix := uniquePrefix()
+				clk := &clock{ms: 1_700_000_000_000}
+				var limiters []*Limiter
+				for i := 0; i < 4; i++ {
+					limiters = append(limiters, New(redistest.Client(t, realAddr), WithPrefix(prefix), WithClock(clk.now), WithBatching(batching)))
+				}
+				limit := PerMinute(algo, 100)
+				var admitted, denied atomic.Int64
+				var wg sync.WaitGroup
+				for g := 0; g < 64; g++ {
+					wg.Add(1)
+					go func(l *Limiter) {
+						defer wg.Done()
+						for i := 0; i < 10; i++ {
+							res, err := l.Allow(context.Background(), "hot", limit)
+							if err != nil {
+								t.Error(err)
+								return
+							}
+							if res.Allowed {
+								admitted.Add(1)
+							} else {
+								denied.Add(1)
+							}
 						}
-						if res.Allowed {
-							admitted.Add(1)
-						} else {
-							denied.Add(1)
-						}
-					}
-				}(limiters[g%len(limiters)])
-			}
-			wg.Wait()
-			require.Equal(t, int64(100), admitted.Load())
-			require.Equal(t, int64(540), denied.Load())
-		})
+					}(limiters[g%len(limiters)])
+				}
+				wg.Wait()
+				require.Equal(t, int64(100), admitted.Load())
+				require.Equal(t, int64(540), denied.Load())
+			})
+		}
 	}
 }
 
@@ -402,14 +405,14 @@ func TestScripts(t *testing.T) {
 // update the pin.
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
-		"concurrency v1":            "1340d3137e855c244bc8e729bdddad82dc718375",
-		"fixed_window v2":           "3bffb9ad913ee959b1db1bf2f256585d9ab5a8b0",
-		"gcra v2":                   "9dc1b8cc809c7d5b1b7d854de6102edcb883a3c5",
-		"leaky_bucket v2":           "0ccdfb476563986c7e80909b3c26eb70c71ba77b",
-		"leaky_queue v1":            "c23cc52a1d6b7f97b752ca1c15652935f90ddcca",
-		"sliding_window_counter v2": "bd120d62ad5c4912dff63520df6b0401b5a09916",
-		"sliding_window_log v2":     "2f676d6f06168ba031ae4e217610bef4c5dc25f5",
-		"token_bucket v2":           "c9374f3d825e6fda38cfa393314556268e5546e1",
+		"concurrency v3":            "782b3eb7697d6e245dad878a1a532caff958f888",
+		"fixed_window v3":           "71cca96b999d7692ad6da9531211dcf30b5c222e",
+		"gcra v3":                   "20ad063c317e9bbed7ab1aec4dcb038064aa1d05",
+		"leaky_bucket v3":           "bb2ec9dd4e0922993f19f4c9a91b4a789511c4d3",
+		"leaky_queue v3":            "51ef254f3b453ba77fc13b6b0b80110e79528a70",
+		"sliding_window_counter v3": "d99cb09d85d875f843af36b8609703617eef005d",
+		"sliding_window_log v3":     "c5f5880a4b8f03408f70dbeda5853bd5050efbe8",
+		"token_bucket v3":           "97ea46bb6e01ebd2a656fd2a2ff0bde5c814c765",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

@@ -215,7 +215,7 @@ func TestErrorsAreTyped(t *testing.T) {
 		_, err := before1970.Allow(context.Background(), "k", PerSecond(GCRA, 10))
 		require.Error(t, err)
 		require.NotErrorIs(t, err, ErrUnavailable)
-		require.Contains(t, err.Error(), "luarate: ARGV[5] now_ms must be")
+		require.Contains(t, err.Error(), "luarate: ARGV[3] now_ms must be")
 	})
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -93,4 +94,29 @@ func (b backend) eval(t *testing.T, script string, keys []string, args ...string
 		t.Fatalf("%s reply is not integers: %v", script, err)
 	}
 	return vals, ""
+}
+
+// spec is lim as the scripts read it: "rate period_ms burst", and
+// " lockout_ms" when it has a Lockout (the client's own encoding).
+func spec(lim Limit) string { return string(appendLimit(nil, lim)) }
+
+// v3argv is the ARGV of a plain v3 call: one limit per key ("rate period_ms
+// burst" or "rate period_ms burst lockout_ms"), then cost, now_ms and mode as
+// given; trailing empty ones are left out, as a caller would.
+func v3argv(limits []string, cost, now, mode string) []string {
+	argv := append([]string(nil), limits...)
+	tail := []string{cost, now, mode}
+	for len(tail) > 0 && tail[len(tail)-1] == "" {
+		tail = tail[:len(tail)-1]
+	}
+	return slices.Clip(append(argv, tail...)) // callers append to it
+}
+
+// limiterNames are the names of the limiter scripts (all but concurrency).
+func limiterNames() []string {
+	var out []string
+	for _, a := range Algorithms() {
+		out = append(out, a.String())
+	}
+	return out
 }

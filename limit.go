@@ -51,9 +51,9 @@ func PerHour(algo Algorithm, n int) Limit { return Limit{Algorithm: algo, Rate: 
 const (
 	maxRate     = 1_000_000_000
 	maxPeriodMS = 1_000_000_000_000
-	maxLogRate  = 1_000_000 // a sliding window log stores one entry per unit
-	maxLogCost  = 1_000_000 // units one sliding_window_log call may add
-	maxLimits   = 16        // limits of one call
+	maxLogRate  = 4000 // a sliding window log stores one entry per unit
+	maxLogCost  = 128  // entries one sliding_window_log call may add: n * limits
+	maxLimits   = 16   // limits of one call
 	// maxFullMS bounds the time a bucket or GCRA takes to refill from empty
 	// (Burst * Period / Rate), so every reply fits a time.Duration.
 	maxFullMS = 4_000_000_000_000

@@ -25,6 +25,9 @@ func propertyLimits(algo Algorithm) []Limit {
 	if !algo.windowed() {
 		limits = append(limits, Limit{Algorithm: algo, Rate: 10, Period: time.Second, Burst: 25})
 	}
+	if algo == SlidingWindowLog {
+		limits[2].Rate = maxLogRate // one entry per unit: its largest rate
+	}
 	return limits
 }
 
@@ -121,7 +124,7 @@ func (s *scriptClock) call(n int, mode string) Result {
 		require.NoError(s.t, s.b.client.Do(context.Background(), s.b.client.B().Del().Key(s.b.prefix+s.key).Build()).Error())
 		s.expireAt = 0
 	}
-	args := []string{itoa(int64(s.lim.Rate)), itoa(s.lim.Period.Milliseconds()), itoa(int64(s.lim.Burst)), itoa(int64(n)), itoa(s.now), mode}
+	args := v3argv([]string{spec(s.lim)}, itoa(int64(n)), itoa(s.now), mode)
 	got, _, errText := evalAndPersist(s.t, s.b, s.lim.Algorithm.String(), []string{s.key}, args)
 	require.Empty(s.t, errText)
 	require.Len(s.t, got, replyLen)
@@ -144,7 +147,7 @@ func propertyRun(t *testing.T, b backend, r *rand.Rand, lim Limit, key string, s
 	p, capa := lim.Period.Milliseconds(), lim.Capacity()
 	maxCost := capa
 	if lim.Algorithm == SlidingWindowLog {
-		maxCost = min(capa, 1000) // one entry per unit
+		maxCost = min(capa, maxLogCost) // one entry per unit
 	}
 	const horizon = 1_900_000_000_000 // with 2e12 ms of silence, now_ms stays under 4e12
 	var adm []admission
@@ -282,7 +285,8 @@ func TestValidateNewAlgorithms(t *testing.T) {
 		{Limit{Algorithm: SlidingWindowLog, Rate: 10, Period: time.Second}, true},
 		{Limit{Algorithm: SlidingWindowLog, Rate: 10, Period: time.Second, Burst: 10}, true},
 		{Limit{Algorithm: SlidingWindowLog, Rate: 10, Period: time.Second, Burst: 20}, false},
-		{Limit{Algorithm: SlidingWindowLog, Rate: 1_000_001, Period: time.Second}, false},
+		{Limit{Algorithm: SlidingWindowLog, Rate: maxLogRate, Period: time.Second}, true},
+		{Limit{Algorithm: SlidingWindowLog, Rate: maxLogRate + 1, Period: time.Second}, false},
 		{Limit{Algorithm: SlidingWindowCounter, Rate: 10, Period: time.Second, Burst: 5}, false},
 		{Limit{Algorithm: SlidingWindowCounter, Rate: 1_000_000_000, Period: 10_000_000 * time.Millisecond}, false},
 		{Limit{Algorithm: SlidingWindowCounter, Rate: 1_000_000_000, Period: 9_000_000 * time.Millisecond}, true},

@@ -1,4 +1,4 @@
--- luarate: leaky_queue v1
+-- luarate: leaky_queue v3
 --
 -- Leaky bucket as a queue (shaping), as nginx limit_req without nodelay.
 -- Requests leave the queue at a fixed rate, one every T = period_ms / rate. A
@@ -25,31 +25,32 @@
 -- places of cost as fit). There is no refund: an admitted request holds its
 -- departure slot, and giving places back would let a newcomer leave in a slot
 -- already promised to a request queued behind it, two in one slot. A caller
--- that gives up simply lets its slot pass unused. Lockout: a denied take (or
--- an atmost that grants nothing) on a limit with lockout_ms > 0 locks that key
--- until now + lockout_ms: every take and atmost is denied until then, however
--- empty the queue. A request denied while locked does not extend the lock;
--- deleting the key (Reset) lifts it.
+-- that gives up simply lets its slot pass unused.
+-- Lockout: a denied take (or an atmost that grants nothing) on a limit with a
+-- lockout_ms locks that key until now + lockout_ms; see scripts/README.md.
 --
--- State: a string "<units> <updated_ms>", or "<units> <updated_ms>
--- <locked_until_ms>" while a lock may matter. TTL = until the queue is empty,
--- or the lock if later. A clock that goes back drains nothing until it
--- catches up with updated_ms. Versioned by key: callers put the script
--- version in their keys (the Go client's keys end in ":lq1:<period_ms>").
+-- State: a string "lq3 <units> <updated_ms>", or "lq3 <units> <updated_ms>
+-- <locked_until_ms>" while a lock may matter. A key holding anything else is
+-- refused with an error and left untouched. TTL = the time until the queue is
+-- empty, or the lock if later. A clock that goes back drains nothing until it
+-- catches up with updated_ms. A queue left by a limit with another rate counts
+-- as at most 4e12 ms long.
 --
--- KEYS[i]      state key of limit i, i = 1..N. All keys of one call must share
---              a hash slot in Redis Cluster: give them one {hash tag}. Keys
---              must be distinct: two limits cannot share one state.
--- ARGV         for each limit i, three values in the order of KEYS:
---   rate       integer 1..1e9, requests leaving per period
---   period_ms  integer 1..1e12
---   burst      integer 0..1e9, queue places; 0 = rate
--- then:
---   cost       integer 0..burst of every limit; 0 = peek (reads, never writes)
---   now_ms     optional integer 0..4e12, Unix time in ms; missing or "" = Redis TIME
---   mode       optional "take" (default; missing or "") or "atmost"
---   lockout_ms optional, one per limit in the order of KEYS: integer 0..1e12,
---              0 = no lockout. Given for all limits or for none.
+-- KEYS[i]     state key of limit i, i = 1..N, N <= 16. All keys of one call
+--             must share a hash slot in Redis Cluster (give them one {hash
+--             tag}) and be distinct.
+-- ARGV[i]     limit i, in the order of KEYS: "rate period_ms burst" or
+--             "rate period_ms burst lockout_ms", plain decimal integers:
+--   rate        1..1e9 requests leaving per period
+--   period_ms   1..1e12
+--   burst       0..1e9, queue places; 0 = rate;
+--               burst * period_ms / rate at most 4e12 ms, and
+--               burst * period_ms / gcd(rate, period_ms) at most 4e15
+--   lockout_ms  0..1e12; 0 or missing = no lockout
+-- ARGV[N+1]   optional cost: 0..burst of every limit; 0 = peek (reads, never
+--             writes); missing = 1
+-- ARGV[N+2]   optional now_ms: 0..4e12, Unix time in ms; missing or "" = Redis TIME
+-- ARGV[N+3]   optional mode: "take" (default; missing or "") or "atmost"
 --
 -- Reply: {allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms, granted}:
 --   allowed         take: 1 if admitted (all limits queued), else 0; atmost:
@@ -57,7 +58,8 @@
 --   limit           the queue places (burst) of the reported limit
 --   remaining       places of cost 1 still free after this request; 0 while
 --                   locked
---   reset_after_ms  ms until the queue is empty (or the lock ends, if later)
+--   reset_after_ms  ms until the queue is empty (or the lock ends, if later);
+--                   0 when empty
 --   retry_after_ms  ms until this request would fit (atmost: until one place
 --                   would); while locked at least the rest of the lock; 0 when
 --                   allowed
@@ -73,11 +75,102 @@
 -- the longest T always has the longest queue in time (same admissions, bigger
 -- steps, same drain of 1 ms per ms), so the departures follow its schedule
 -- and are at least every limit's T apart.
--- Bad arguments get one line "ERR luarate: ..." naming the argument.
 --
--- Example (leaves 10 per second, queues 20, cost 1):
---   redis-cli --eval scripts/leaky_queue.lua rl:{user42}:lq , 10 1000 20 1
+-- Batch form: ARGV[1] = "batch", ARGV[2] = now_ms or "" (one clock for the
+-- whole batch), then for each request "<nkeys> <cost>" or "<nkeys> <cost>
+-- <mode>" followed by its nkeys limits; KEYS holds each request's keys in the
+-- same order (at most 64 requests and 128 keys). Each request is decided
+-- alone, in order, exactly as the plain form would decide it; the reply is
+-- the concatenation of their 7-integer replies, or of one error in place of
+-- the 7 integers for a request that is bad.
+--
+-- Errors: bad arguments (mode refund among them) or a key this script did not
+-- write get one line "ERR luarate: ..." naming the argument or key, and change
+-- nothing. Errors Redis raises (OOM, READONLY, NOPERM...) come back with their
+-- own code.
+--
+-- Examples (leaves 10 per second, queues 20, cost 1; then the same in a batch
+-- of two requests, the second with two limits):
+--   redis-cli --eval scripts/leaky_queue.lua rl:{ex}:lq , '10 1000 20'
+--   redis-cli --eval scripts/leaky_queue.lua rl:{ex}:lq rl:{ex}:lq:s rl:{ex}:lq:h , batch '' '1 1' '10 1000 20' '2 1' '10 1000 0' '100 3600000 0'
 
+-- The common call (one limit, no lockout, take or peek, Redis's clock) is
+-- decided here, before anything else is defined; every other call, and any
+-- argument or state this path does not accept, goes on to the general path
+-- below, which decides the same and names what is wrong.
+local spec, c, nargs = ARGV[1] or '', ARGV[2] or '1', #ARGV
+if #KEYS == 1 and nargs <= 2 and #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
+  local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
+  if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
+    local key = KEYS[1]
+    local stored = redis.pcall('GET', key)
+    local level, updated = false, false
+    if type(stored) == 'string' then
+      level, updated = string.match(stored, '^lq3 (%d+) (%d+)$')
+    end
+    if level and #level <= 16 and #updated <= 13 or not stored then
+      rate, period, burst = rate + 0, period + 0, burst + 0
+      if c == '1' then
+        c = 1
+      else
+        c = c + 0
+      end
+      if burst == 0 then
+        burst = rate
+      end
+      local g, b = rate, period -- g = gcd(rate, period)
+      while b > 0 do
+        local r = g % b
+        g = b
+        b = r
+      end
+      local unit, drain = period / g, rate / g -- units per place; units leaving per ms
+      local capacity = burst * unit
+      if rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12 and burst <= 1e9 and c <= burst and capacity <= 4e15 and capacity <= 4e12 * drain then
+        local t = redis.call('TIME')
+        local us = t[2] + 0
+        local now = t[1] * 1000 + (us - us % 1000) / 1000
+        if level then
+          level, updated = level + 0, updated + 0
+        else
+          level, updated = 0, now
+        end
+        if level <= 4e15 and updated <= 4e12 then
+          if now > updated then
+            if now - updated >= level / drain then
+              level = 0
+            else
+              level = level - (now - updated) * drain
+            end
+            updated = now
+          end
+          if level > 4e12 * drain then
+            level = 4e12 * drain -- left by another rate: at most 4e12 ms long
+          end
+          local lag, need, free = updated - now, c * unit, capacity - level -- lag > 0: the clock went back
+          if free < 0 then
+            free = 0 -- the limit was lowered since this state was written
+          end
+          -- floor(a / b) = (a - a % b) / b and ceil(a / b) = (a + -a % b) / b,
+          -- exact for these integers, without a function call
+          local delay = lag + (level + -level % drain) / drain -- until the queue ahead has left
+          if need > free then
+            local over = level + need - capacity
+            return {0, burst, (free - free % unit) / unit, delay, lag + (over + -over % drain) / drain, 0, 0}
+          end
+          level, free = level + need, free - need
+          local reset = lag + (level + -level % drain) / drain
+          if c > 0 then
+            redis.call('SET', key, string.format('lq3 %d %d', level, updated), 'PX', string.format('%d', reset))
+          end
+          return {1, burst, (free - free % unit) / unit, reset, 0, delay, c}
+        end
+      end
+    end
+  end
+end
+
+-- luarate shared: prelude (the same in every limiter script; a test keeps the copies identical)
 local function fail(fmt, ...)
   error({luarate = string.format(fmt, ...)}, 0)
 end
@@ -86,206 +179,313 @@ local function printable(s)
   return (string.gsub(string.sub(s, 1, 40), '[^%w%p ]', '?'))
 end
 
--- int reads ARGV[i] as a plain decimal integer in [min, max].
-local function int(i, name, min, max)
+-- int reads ARGV[i] as a plain decimal integer from 0 to max.
+local function int(i, name, max)
   local s = ARGV[i]
-  if s == nil then
-    fail('ARGV[%d] %s is missing', i, name)
+  if s and #s <= 13 and string.find(s, '^%d+$') then
+    local v = s + 0
+    if v <= max then
+      return v
+    end
   end
-  local v = #s <= 16 and string.find(s, '^%d+$') and tonumber(s)
-  if not v or v < min or v > max then
-    fail('ARGV[%d] %s must be an integer from %.0f to %.0f, got "%s"', i, name, min, max, printable(s))
+  fail('ARGV[%d] %s must be an integer from 0 to %.0f, got "%s"', i, name, max, printable(s or '(missing)'))
+end
+
+-- limit reads ARGV[i], "rate period_ms burst [lockout_ms]", and returns its
+-- four numbers, burst 0 meaning rate and a missing lockout_ms 0.
+local function limit(i, max_rate)
+  local s = ARGV[i] or '(missing)'
+  local r, p, b = string.match(s, '^(%d+) (%d+) (%d+)$')
+  local l = '0'
+  if not r then
+    r, p, b, l = string.match(s, '^(%d+) (%d+) (%d+) (%d+)$')
+  end
+  if not r or #r > 10 or #p > 13 or #b > 10 or #l > 13 then
+    fail('ARGV[%d] must be a limit "rate period_ms burst" or "rate period_ms burst lockout_ms" in plain digits, got "%s"', i, printable(s))
+  end
+  r, p, b, l = r + 0, p + 0, b + 0, l + 0
+  if r < 1 or r > max_rate then
+    fail('ARGV[%d] rate must be from 1 to %.0f, got %.0f', i, max_rate, r)
+  elseif p < 1 or p > 1e12 then
+    fail('ARGV[%d] period_ms must be from 1 to 1000000000000, got %.0f', i, p)
+  elseif b > 1e9 then
+    fail('ARGV[%d] burst must be from 0 (= rate) to 1000000000, got %.0f', i, b)
+  elseif l > 1e12 then
+    fail('ARGV[%d] lockout_ms must be from 0 to 1000000000000, got %.0f', i, l)
+  end
+  if b == 0 then
+    b = r
+  end
+  return r, p, b, l
+end
+
+-- clock returns now in microseconds: ARGV[i] (now_ms) if given, else Redis TIME.
+local function clock(i)
+  local s = ARGV[i]
+  if s == nil or s == '' then
+    local t = redis.call('TIME')
+    return t[1] * 1000000 + t[2]
+  end
+  return int(i, 'now_ms', 4e12) * 1000
+end
+
+-- mode reads ARGV[i]: "take" (or missing or ""), "atmost" or "refund".
+local function mode(i)
+  local s = ARGV[i]
+  if s == nil or s == '' or s == 'take' or s == 'atmost' or s == 'refund' then
+    return s == nil and '' or s
+  end
+  fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', i, printable(s))
+end
+
+-- get reads a state key: its string, or false when it does not exist.
+local function get(k)
+  local v = redis.pcall('GET', KEYS[k])
+  if type(v) == 'table' then
+    if string.find(v.err, '^WRONGTYPE') then
+      fail('KEYS[%d] holds a value that is not a string; use another key', k)
+    end
+    error(v) -- Redis's own error (NOPERM, ...), passed on with its code
   end
   return v
 end
 
-local function gcd(a, b)
+-- tighter reports whether reply r reports a tighter limit than best does: a
+-- denial beats an admission, then the longer retry_after, then among
+-- admissions the fewer remaining.
+local function tighter(r, best)
+  if best == nil or r[1] ~= best[1] then
+    return best == nil or r[1] == 0
+  end
+  if r[1] == 0 then
+    return r[5] > best[5]
+  end
+  return r[3] < best[3]
+end
+-- luarate shared: end
+
+-- load reads limit i of the request whose keys start at KEYS[k] and limits at
+-- ARGV[a], and its state drained up to now (ms). stored is the key's value
+-- when already read.
+local function load(k, a, i, cost, now, stored)
+  local rate, period, burst, lockout = limit(a + i - 1, 1e9)
+  local g, b = rate, period -- g = gcd(rate, period)
   while b > 0 do
-    local r = a % b -- not "a, b = b, a % b": gopher-lua (miniredis) assigns in order
-    a = b
+    local r = g % b -- not "g, b = b, g % b": gopher-lua (miniredis) assigns in order
+    g = b
     b = r
   end
-  return a
-end
-
--- load validates limit i of n and reads its state, drained up to now
--- (a function of its own rather than a closure in run: cheaper per call)
-local function load(i, n, cost, now, lockouts, cache)
-  local a = 3 * (i - 1)
-  local rate = int(a + 1, 'rate', 1, 1e9)
-  local period = int(a + 2, 'period_ms', 1, 1e12)
-  local burst = int(a + 3, 'burst', 0, 1e9)
-  if burst == 0 then
-    burst = rate
-  end
-  local g = gcd(rate, period)
-  local unit = period / g -- units per request
-  local drain = rate / g  -- units leaked per ms
+  local unit, drain = period / g, rate / g -- units per place; units leaving per ms
   local capacity = burst * unit
   if capacity > 4e15 then
-    fail('limit %d: burst * period_ms / gcd(rate, period_ms) must be at most 4e15', i)
+    fail('ARGV[%d] burst * period_ms / gcd(rate, period_ms) must be at most 4e15', a + i - 1)
+  elseif capacity > 4e12 * drain then
+    fail('ARGV[%d] burst * period_ms / rate must be at most 4e12 ms', a + i - 1)
   end
   if cost > burst then
-    fail('ARGV[%d] cost %.0f exceeds the capacity of limit %d (burst %.0f)', 3 * n + 1, cost, i, burst)
+    fail('cost %.0f exceeds the capacity of limit %d (burst %.0f)', cost, i, burst)
   end
-  local lockout = lockouts and int(3 * n + 3 + i, 'lockout_ms', 0, 1e12) or 0
-
-  local stored = cache and cache[i]
   if stored == nil then
-    stored = redis.pcall('GET', KEYS[i])
-    if cache then
-      cache[i] = stored
-    end
+    stored = get(k + i - 1)
   end
-  if type(stored) == 'table' then
-    fail('KEYS[%d] holds a value that is not a string; use another key', i)
-  end
-  local level, updated, lock = 0, now, 0
+  local lim = {burst = burst, unit = unit, drain = drain, capacity = capacity, lockout = lockout,
+    level = 0, updated = now, lock = 0}
   if stored then
-    local l, u, k = string.match(stored, '^(%d+) (%d+)$')
+    local l, u = string.match(stored, '^lq3 (%d+) (%d+)$')
+    local x = '0'
     if not l then
-      l, u, k = string.match(stored, '^(%d+) (%d+) (%d+)$')
+      l, u, x = string.match(stored, '^lq3 (%d+) (%d+) (%d+)$')
     end
-    -- (no "x = a and b" reassignments: gopher-lua, in miniredis, may keep x)
-    level, updated, lock = tonumber(l or ''), tonumber(u or ''), tonumber(k or '0')
-    if not level or level > 4e15 or updated > 4e12 or lock > 5e12 then
-      fail('KEYS[%d] holds a value leaky_queue v1 did not write; use another key', i)
+    if not l or #l > 16 or #u > 13 or #x > 13 or l + 0 > 4e15 or u + 0 > 4e12 or x + 0 > 5e12 then
+      fail('KEYS[%d] holds a value leaky_queue v3 did not write; use another key', k + i - 1)
     end
-    if now > updated then
+    l, u = l + 0, u + 0
+    if now > u then
       -- leak; compare before multiplying so huge gaps stay exact
-      if now - updated >= level / drain then
-        level = 0
+      if now - u >= l / drain then
+        l = 0
       else
-        level = level - (now - updated) * drain
+        l = l - (now - u) * drain
       end
-      updated = now
+      u = now
     end
+    if l > 4e12 * drain then
+      l = 4e12 * drain -- left by another rate: at most 4e12 ms long
+    end
+    lim.level, lim.updated, lim.lock = l, u, x + 0
   end
-  return burst, unit, drain, capacity, lockout, level, updated, lock
+  return lim
 end
 
-local function run()
-  local n = #KEYS
-  if n == 0 then
-    fail('need at least one key')
+-- state is what a key holds after a decision: the value and its TTL in ms.
+local function state(lim, now)
+  local reset = lim.updated - now + math.ceil(lim.level / lim.drain)
+  if lim.lock > now then
+    local wait = lim.lock - now
+    return {string.format('lq3 %d %d %d', lim.level, lim.updated, lim.lock), string.format('%d', reset > wait and reset or wait)}
   end
-  local nargs = #ARGV
-  if nargs ~= 3 * n + 1 and nargs ~= 3 * n + 2 and nargs ~= 3 * n + 3 and nargs ~= 4 * n + 3 then
-    fail('expected %d, %d, %d or %d ARGV (rate, period_ms, burst per key, then cost [now_ms [mode [lockout_ms per key]]]), got %d',
-      3 * n + 1, 3 * n + 2, 3 * n + 3, 4 * n + 3, nargs)
+  return {string.format('lq3 %d %d', lim.level, lim.updated), string.format('%d', reset)}
+end
+
+-- decide answers one request: n limits with keys from KEYS[k] and limits from
+-- ARGV[a], queueing cost in mode at now (microseconds); stored is KEYS[k]'s
+-- value when already read. It validates everything before it writes anything.
+local function decide(k, n, a, cost, how, now, stored)
+  if how == 'refund' then
+    fail('ARGV[%d] mode refund is not offered by leaky_queue: admitted requests hold their departure slots',
+      ARGV[1] == 'batch' and a - 1 or a + n + 2)
   end
+  now = (now - now % 1000) / 1000 -- whole ms
   for i = 2, n do
     for j = 1, i - 1 do
-      if KEYS[i] == KEYS[j] then
-        fail('KEYS[%d] repeats KEYS[%d]; give each limit its own key', i, j)
+      if KEYS[k + i - 1] == KEYS[k + j - 1] then
+        fail('KEYS[%d] repeats KEYS[%d]; give each limit its own key', k + i - 1, k + j - 1)
       end
     end
   end
-  local cost = int(3 * n + 1, 'cost', 0, 1e9)
-  local mode = ARGV[3 * n + 3]
-  local atmost = mode == 'atmost'
-  if mode == 'refund' then
-    fail('ARGV[%d] mode refund is not offered by leaky_queue: admitted requests hold their departure slots', 3 * n + 3)
-  elseif not (atmost or mode == nil or mode == '' or mode == 'take') then
-    fail('ARGV[%d] mode must be take or atmost, got "%s"', 3 * n + 3, printable(mode))
+  local lims = {load(k, a, 1, cost, now, stored)}
+  for i = 2, n do
+    lims[i] = load(k, a, i, cost, now)
   end
-  local lockouts = nargs == 4 * n + 3
-  local now
-  if ARGV[3 * n + 2] == nil or ARGV[3 * n + 2] == '' then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  else
-    now = int(3 * n + 2, 'now_ms', 0, 4e12)
-  end
-
-  local cache -- atmost: the first pass's GET replies, so each key is read once
   local take = cost -- the places taken in every queue
-  if atmost and cost > 0 then
-    cache = {}
+  if how == 'atmost' and cost > 0 then
     for i = 1, n do
-      local _, unit, _, capacity, _, level, _, lock = load(i, n, cost, now, lockouts, cache)
-      if lock > now then
+      local lim = lims[i]
+      if lim.lock > now then
         take = 0
-      elseif capacity - level < take * unit then
+      elseif lim.capacity - lim.level < take * lim.unit then
         take = 0
-        if level < capacity then
-          take = math.floor((capacity - level) / unit)
+        if lim.level < lim.capacity then
+          take = math.floor((lim.capacity - lim.level) / lim.unit)
         end
       end
     end
     if take == 0 then
-      take = 1 -- grants nothing: answered as the denied take of one unit
+      take = 1 -- grants nothing: answered as the denied take of one place
     end
   end
 
   local reply
   local delay = 0 -- the longest wait of all queues
-  local writes, forced = {}, nil -- admissions; locks
+  local writes = {} -- key index -> state to write, when the request is decided
   for i = 1, n do
-    local burst, unit, drain, capacity, lockout, level, updated, lock = load(i, n, cost, now, lockouts, cache)
+    local lim = lims[i]
     -- updated > now when the clock went back: leaking resumes from updated
-    local lag = updated - now
-    local need = take * unit
-    local free = capacity - level
+    local lag = lim.updated - now
+    local need = take * lim.unit
+    local free = lim.capacity - lim.level
     if free < 0 then
       free = 0 -- the limit was lowered since this state was written
     end
-    local reset = lag + math.ceil(level / drain)
+    local reset = lag + math.ceil(lim.level / lim.drain)
     local fits = need <= free
-    if not fits and take > 0 and lockout > 0 and lock <= now then
-      lock = now + lockout
-      forced = forced or {}
-      forced[i] = {string.format('%d %d %d', level, updated, lock), reset > lockout and reset or lockout}
+    local locks = not fits and take > 0 and lim.lockout > 0 and lim.lock <= now
+    if locks then
+      lim.lock = now + lim.lockout
+      writes[i] = state(lim, now) -- written whatever the other limits decide
     end
     local r
-    if lock > now then
+    if lim.lock > now then
       -- locked: denied until the lock ends, or later if it would not fit then
-      local wait = lock - now
-      local retry = fits and 0 or lag + math.ceil((level + need - capacity) / drain)
-      r = {0, burst, 0, reset > wait and reset or wait, retry > wait and retry or wait, 0, 0}
+      local wait = lim.lock - now
+      local retry = fits and 0 or lag + math.ceil((lim.level + need - lim.capacity) / lim.drain)
+      r = {0, lim.burst, 0, reset > wait and reset or wait, retry > wait and retry or wait, 0, 0}
     elseif fits then
       -- the request's first place leaves once the queue ahead of it has
       if reset > delay then
         delay = reset
       end
-      level = level + need
-      reset = lag + math.ceil(level / drain)
-      r = {1, burst, math.floor((free - need) / unit), reset, 0, 0, take}
-      writes[i] = {string.format('%d %d', level, updated), reset}
+      lim.level = lim.level + need
+      r = {1, lim.burst, math.floor((free - need) / lim.unit), lag + math.ceil(lim.level / lim.drain), 0, 0, take}
+      if take > 0 then
+        lim.admitted = state(lim, now) -- written only if every limit admits
+      end
     else
-      r = {0, burst, math.floor(free / unit), reset, lag + math.ceil((level + need - capacity) / drain), 0, 0}
+      r = {0, lim.burst, math.floor(free / lim.unit), reset, lag + math.ceil((lim.level + need - lim.capacity) / lim.drain), 0, 0}
     end
-    if reply == nil
-      or (r[1] == 0 and (reply[1] == 1 or r[5] > reply[5]))
-      or (r[1] == reply[1] and r[1] == 1 and r[3] < reply[3]) then
+    if tighter(r, reply) then
       reply = r
     end
   end
 
-  -- reply is a denying limit whenever any limit denies: then only locks are written
+  -- reply is a denying limit whenever any limit denies: then only locks are
+  -- written
   if reply[1] == 1 then
     reply[6] = delay
-    if take > 0 then
-      for i = 1, n do
-        redis.call('SET', KEYS[i], writes[i][1], 'PX', writes[i][2])
-      end
+  end
+  for i = 1, n do
+    local w = writes[i]
+    if reply[1] == 1 and take > 0 then
+      w = lims[i].admitted
     end
-  elseif forced then
-    for i = 1, n do
-      local w = forced[i]
-      if w then
-        redis.call('SET', KEYS[i], w[1], 'PX', w[2])
-      end
+    if w then
+      redis.call('SET', KEYS[k + i - 1], w[1], 'PX', w[2])
     end
   end
   return reply
 end
 
+-- luarate shared: entry (the same in every limiter script)
+-- run answers the plain form, or each request of a batch.
+local function run()
+  local nkeys, nargs = #KEYS, #ARGV
+  if ARGV[1] ~= 'batch' then
+    if nkeys == 0 or nkeys > 16 then
+      fail('need 1 to 16 keys, one per limit, got %d', nkeys)
+    elseif nargs < nkeys or nargs > nkeys + 3 then
+      fail('expected %d to %d ARGV (a limit per key, then [cost [now_ms [mode]]]), got %d', nkeys, nkeys + 3, nargs)
+    end
+    local how = mode(nkeys + 3)
+    local cost = nargs == nkeys and 1 or int(nkeys + 1, 'cost', 1e9)
+    return decide(1, nkeys, 1, cost, how, clock(nkeys + 2))
+  end
+
+  -- a batch: check its shape first, so a refused batch changes nothing
+  local requests, k, a = {}, 1, 3
+  while a <= nargs do
+    local h = ARGV[a]
+    local n, cost, how = string.match(h, '^(%d+) (%d+)$')
+    if not n then
+      n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+    end
+    if not n or #n > 2 or #cost > 10 or (how and how ~= 'take' and how ~= 'atmost' and how ~= 'refund') then
+      fail('ARGV[%d] must be a request "nkeys cost" or "nkeys cost mode", got "%s"', a, printable(h))
+    end
+    n = n + 0
+    if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
+      fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, #requests + 1, printable(h))
+    end
+    requests[#requests + 1] = {k, n, a + 1, cost + 0, how or ''}
+    k, a = k + n, a + n + 1
+  end
+  if #requests == 0 or #requests > 64 or nkeys > 128 or k <= nkeys then
+    fail('a batch needs 1 to 64 requests whose nkeys add up to #KEYS (at most 128), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
+  end
+  local now = clock(2)
+  local out = {}
+  for j = 1, #requests do
+    local q = requests[j]
+    local ok, r = pcall(decide, q[1], q[2], q[3], q[4], q[5], now)
+    if ok then
+      for i = 1, 7 do
+        out[#out + 1] = r[i]
+      end
+    elseif type(r) == 'table' and r.luarate then
+      out[#out + 1] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
+    else
+      error(r) -- Redis's own error fails the whole batch
+    end
+  end
+  return out
+end
+
 local ok, res = pcall(run)
 if ok then
   return res
-end
-if type(res) == 'table' and res.luarate then
+elseif type(res) == 'table' and res.luarate then
   return redis.error_reply('ERR luarate: ' .. res.luarate)
+elseif type(res) == 'table' and res.err then
+  return res -- Redis's own error, with its code
 end
-return redis.error_reply('ERR luarate: leaky_queue failed: ' .. tostring(res))
+return redis.error_reply('ERR luarate: ' .. tostring(res))
+-- luarate shared: end

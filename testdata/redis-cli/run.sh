@@ -21,7 +21,9 @@ fail() { echo "FAIL: $*"; failed=$((failed + 1)); }
 # cli runs a pasted "redis-cli ..." line on our server, with terminal-style output.
 cli() {
   local -a words
-  read -ra words <<<"$1"
+  set -f # the line's quotes group words (a limit is one quoted argument); no globbing
+  eval "words=($1)"
+  set +f
   [ "${words[0]}" = redis-cli ] || { echo "not a redis-cli command: $1"; return; }
   redis-cli --no-raw -p "$REDIS_PORT" "${words[@]:1}" 2>&1
 }

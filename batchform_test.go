@@ -1,0 +1,159 @@
+package luarate
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// batchRequest is one request of a batch: its keys, cost, mode and limits.
+type batchRequest struct {
+	keys   []string
+	cost   string
+	mode   string
+	limits []string
+}
+
+// batchReplies runs the batch form and returns each request's reply as a
+// string: the seven integers, or its error text without "ERR ".
+func batchReplies(t *testing.T, b backend, script, now string, reqs []batchRequest) ([]string, string) {
+	t.Helper()
+	var keys []string
+	argv := []string{"batch", now}
+	for _, q := range reqs {
+		head := itoa(int64(len(q.keys))) + " " + q.cost
+		if q.mode != "" {
+			head += " " + q.mode
+		}
+		argv = append(append(argv, head), q.limits...)
+		for _, k := range q.keys {
+			keys = append(keys, b.prefix+k)
+		}
+	}
+	res := scripts[script].lua.Exec(context.Background(), b.client, keys, argv)
+	if err := res.Error(); err != nil {
+		return nil, strings.TrimPrefix(err.Error(), "ERR ")
+	}
+	arr, err := res.ToArray()
+	require.NoError(t, err)
+	var out []string
+	for i := 0; i < len(arr); {
+		if err := arr[i].Error(); err != nil {
+			out = append(out, strings.TrimPrefix(err.Error(), "ERR "))
+			i++
+			continue
+		}
+		require.LessOrEqual(t, i+replyLen, len(arr), "a truncated reply")
+		ints := make([]int64, replyLen)
+		for j := range ints {
+			ints[j], err = arr[i+j].AsInt64()
+			require.NoError(t, err)
+		}
+		out = append(out, fmt.Sprint(ints))
+		i += replyLen
+	}
+	return out, ""
+}
+
+var (
+	requestN = regexp.MustCompile(`^luarate: request \d+: `)
+	argIndex = regexp.MustCompile(`(KEYS|ARGV)\[\d+\]`)
+)
+
+// TestBatchForm: a batch gives each request the reply the plain form gives
+// the same requests one by one, in order, at the same now_ms, and leaves the
+// same state; a bad request fails alone with its own error while the others
+// decide; a batch of a bad shape is refused whole and changes nothing.
+func TestBatchForm(t *testing.T) {
+	const now = "1700000000250"
+	eachBackend(t, func(t *testing.T, b backend) {
+		for _, script := range limiterNames() {
+			t.Run(script, func(t *testing.T) {
+				atmost, refund := "atmost", "refund"
+				if script == "leaky_queue" {
+					refund = "" // it takes no refunds
+				}
+				reqs := func(tag string) []batchRequest {
+					k := func(n string) string { return "{" + tag + "}:" + script + ":" + n }
+					return []batchRequest{
+						{[]string{k("a")}, "3", "", []string{"5 60000 0"}},
+						{[]string{k("b"), k("c")}, "2", atmost, []string{"4 1000 0", "10 3600000 0"}},
+						{[]string{k("a")}, "99", "", []string{"5 60000 0"}}, // above capacity: fails alone
+						{[]string{k("a")}, "3", "", []string{"5 60000 0"}},  // denied: 2 left
+						{[]string{k("d")}, "1", "", []string{"5 60000 0 1000"}},
+						{[]string{k("b"), k("b")}, "1", "", []string{"4 1000 0", "10 60000 0"}}, // one key twice
+						{[]string{k("a")}, "1", refund, []string{"5 60000 0"}},
+						{[]string{k("e")}, "1", "", []string{"5 60000 x"}}, // bad limit
+						{[]string{k("a")}, "0", "", []string{"5 60000 0"}},
+					}
+				}
+				got, errText := batchReplies(t, b, script, now, reqs("batch"))
+				require.Empty(t, errText)
+				var want []string
+				for _, q := range reqs("plain") {
+					reply, errText := b.eval(t, script, q.keys, v3argv(q.limits, q.cost, now, q.mode)...)
+					if errText != "" {
+						want = append(want, strings.TrimPrefix(errText, "ERR "))
+					} else {
+						want = append(want, fmt.Sprint(reply))
+					}
+				}
+				require.Len(t, got, len(want))
+				errors := 0
+				for i := range want {
+					if strings.HasPrefix(want[i], "luarate: ") {
+						errors++
+						require.Regexp(t, requestN, got[i], "request %d's error names it", i+1)
+						// indices name the batch's own KEYS and ARGV
+						got[i] = argIndex.ReplaceAllString("luarate: "+requestN.ReplaceAllString(got[i], ""), "$1[i]")
+						want[i] = argIndex.ReplaceAllString(want[i], "$1[i]")
+					}
+					require.Equal(t, want[i], got[i], "request %d", i+1)
+				}
+				require.Equal(t, 3, errors, "the bad requests failed, the others decided")
+				for _, n := range []string{"a", "b", "c", "d", "e"} {
+					require.Equal(t, b.value(t, "{plain}:"+script+":"+n), b.value(t, "{batch}:"+script+":"+n), "state of %s", n)
+				}
+
+				// bad shapes: refused whole, nothing written
+				before := b.snapshot(t)
+				for _, argv := range [][]string{
+					{"batch"},
+					{"batch", now},
+					{"batch", now, "1 1"},                      // no limit
+					{"batch", now, "2 1", "5 60000 0"},         // fewer limits than nkeys
+					{"batch", now, "1 1", "5 60000 0", "1 1"},  // a request without its limit
+					{"batch", now, "0 1", "5 60000 0"},         // no keys
+					{"batch", now, "17 1", "5 60000 0"},        // too many keys
+					{"batch", now, "1 1 steal", "5 60000 0"},   // bad mode
+					{"batch", now, "1 -1", "5 60000 0"},        // bad cost
+					{"batch", "x", "1 1", "5 60000 0"},         // bad now_ms
+					{"batch", now, "1 1", "5 60000 0", "1 1 "}, // bad header
+				} {
+					res := scripts[script].lua.Exec(context.Background(), b.client, []string{b.prefix + "{batch}:" + script + ":a"}, argv)
+					require.Error(t, res.Error(), "%q", argv)
+					require.Contains(t, res.Error().Error(), "luarate: ", "%q", argv)
+				}
+				// a batch whose keys do not add up to KEYS
+				res := scripts[script].lua.Exec(context.Background(), b.client, []string{b.prefix + "{batch}:" + script + ":a", b.prefix + "{batch}:" + script + ":b"},
+					[]string{"batch", now, "1 1", "5 60000 0"})
+				require.ErrorContains(t, res.Error(), "luarate: ")
+				require.Equal(t, before, b.snapshot(t), "a refused batch changed state")
+			})
+		}
+	})
+}
+
+// value is key's value under the backend's prefix, or "(none)".
+func (b backend) value(t *testing.T, key string) string {
+	t.Helper()
+	v, err := b.client.Do(context.Background(), b.client.B().Get().Key(b.prefix+key).Build()).ToString()
+	if err != nil {
+		return "(none)"
+	}
+	return v
+}
