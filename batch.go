@@ -2,6 +2,7 @@ package luarate
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,10 +21,13 @@ import (
 // alone, in arrival order, exactly as the plain form would. A bad request in a
 // batch fails alone; a Redis that does not answer fails the whole batch.
 
-// Batch bounds, the scripts' own caps for one batch call.
+// Batch bounds, the scripts' own caps for one batch call: requests and keys,
+// and for sliding_window_log, whose work grows with the units it adds, at
+// most maxLogBatchKeys limits and maxLogCost units (cost * keys) in all.
 const (
-	maxBatch     = 64  // requests per batch call
-	maxBatchKeys = 128 // keys per batch call
+	maxBatch        = 32 // requests per batch call
+	maxBatchKeys    = 64 // keys per batch call
+	maxLogBatchKeys = 16
 )
 
 // WithBatching turns coalesced batches on or off. The default value is on:
@@ -107,10 +111,23 @@ func (b *batcher) next(ln lane, st *laneState) {
 		b.mu.Unlock()
 		return
 	}
-	n, nkeys := 0, 0
-	for n < len(st.queue) && n < maxBatch && nkeys+len(st.queue[n].keys) <= maxBatchKeys {
-		nkeys += len(st.queue[n].keys)
+	keyCap, unitCap := maxBatchKeys, 0 // 0: no cap on units
+	if ln.script.Name == SlidingWindowLog.String() {
+		keyCap, unitCap = maxLogBatchKeys, maxLogCost
+	}
+	n, nkeys, units := 0, 0, 0
+	for n < len(st.queue) && n < maxBatch {
+		w := st.queue[n]
+		u := w.units()
+		if nkeys+len(w.keys) > keyCap || (unitCap > 0 && units+u > unitCap) {
+			break
+		}
+		nkeys += len(w.keys)
+		units += u
 		n++
+	}
+	if n == 0 {
+		n = 1 // a request over the caps alone: the script names its fault
 	}
 	batch := st.queue[:n:n]
 	st.queue = append([]*waiter(nil), st.queue[n:]...)
@@ -195,6 +212,15 @@ func (b *batcher) sendRun(script *loadedScript, now string, run []*waiter) {
 		}
 		close(w.done)
 	}
+}
+
+// units is what a waiter adds to a batch: its cost times its keys.
+func (w *waiter) units() int {
+	cost := 1
+	if nk := len(w.keys); len(w.args) > nk {
+		cost, _ = strconv.Atoi(w.args[nk])
+	}
+	return cost * len(w.keys)
 }
 
 // nowArg is a waiter's now_ms argument: "" for the server clock.

@@ -45,6 +45,11 @@ var ErrInvalidRequest = errors.New("invalid request")
 // whether to fail open or closed.
 var ErrUnavailable = errors.New("redis unavailable")
 
+// ErrNoPermission is wrapped, together with Redis's own error, by errors
+// that mean the Redis user lacks a permission the scripts need: a setup
+// error to fix, not an outage.
+var ErrNoPermission = errors.New("redis user lacks a permission the scripts need")
+
 // Limiter makes rate-limit decisions in Redis. It is safe for concurrent use.
 type Limiter struct {
 	client   rueidis.Client
@@ -279,7 +284,22 @@ func redisError(what string, err error) error {
 	if unavailable(err) {
 		return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
 	}
+	if noPermission(err) {
+		return fmt.Errorf("%s: %w (see docs/operations.md for the ACL the scripts need): %w", what, ErrNoPermission, err)
+	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+// noPermission reports whether Redis refused a command for lack of an ACL
+// permission: NOPERM, or "can't run this command" as Redis 7.0 says it when
+// a script's command is refused.
+func noPermission(err error) bool {
+	redisErr, ok := rueidis.IsRedisErr(err)
+	if !ok {
+		return false
+	}
+	msg := redisErr.Error()
+	return strings.HasPrefix(msg, "NOPERM") || strings.Contains(msg, "can't run this command")
 }
 
 // unavailableCodes are the Redis errors that mean Redis did not decide: it
@@ -319,8 +339,11 @@ func (l *Limiter) command(key string, n int, m Op, limits []Limit) (*loadedScrip
 	if key == "" {
 		return nil, nil, nil, fmt.Errorf("luarate: %w: key must not be empty", ErrInvalidRequest)
 	}
-	if len(limits) == 0 || len(limits) > maxLimits {
-		return nil, nil, nil, fmt.Errorf("luarate: %w: need 1 to %d limits, got %d", ErrInvalidRequest, maxLimits, len(limits))
+	if len(limits) == 0 {
+		return nil, nil, nil, fmt.Errorf("luarate: %w: need at least one limit", ErrInvalidRequest)
+	}
+	if len(limits) > maxLimits {
+		return nil, nil, nil, fmt.Errorf("luarate: %w: at most %d limits per call, got %d", ErrInvalidRequest, maxLimits, len(limits))
 	}
 	for i, lim := range limits {
 		if err := lim.Validate(); err != nil {

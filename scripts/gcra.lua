@@ -58,7 +58,7 @@
 -- Batch form: ARGV[1] = "batch", ARGV[2] = now_ms or "" (one clock for the
 -- whole batch), then for each request "<nkeys> <cost>" or "<nkeys> <cost>
 -- <mode>" followed by its nkeys limits; KEYS holds each request's keys in the
--- same order (at most 64 requests and 128 keys). Each request is decided
+-- same order (at most 32 requests and 64 keys). Each request is decided
 -- alone, in order, exactly as the plain form would decide it; the reply is
 -- the concatenation of their 7-integer replies, or of one error in place of
 -- the 7 integers for a request that is bad.
@@ -76,7 +76,7 @@
 -- before anything else is defined; every other call, and any argument or
 -- state this path does not accept, goes on to the general path below, which
 -- decides the same and names what is wrong.
-local nargs, spec, c, now_ms, how = #ARGV, ARGV[1], ARGV[2] or '1', ARGV[3] or '', ARGV[4] or ''
+local nargs, spec, c, now_ms, how = #ARGV, ARGV[1] or '', ARGV[2] or '1', ARGV[3] or '', ARGV[4] or ''
 if #KEYS == 1 and nargs <= 4 and (how == '' or how == 'take') and #spec <= 36
   and (c == '1' or #c <= 10 and string.find(c, '^%d+$'))
   and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$')) then
@@ -375,8 +375,8 @@ local function run()
     requests[#requests + 1] = {k, n, a + 1, cost + 0, how or ''}
     k, a = k + n, a + n + 1
   end
-  if #requests == 0 or #requests > 64 or nkeys > 128 or k <= nkeys then
-    fail('a batch needs 1 to 64 requests whose nkeys add up to #KEYS (at most 128), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
+  if #requests == 0 or #requests > 32 or nkeys > 64 or k <= nkeys then
+    fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
   end
   local now = clock(2)
   local out = {}

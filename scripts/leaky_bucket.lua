@@ -62,7 +62,7 @@
 -- Batch form: ARGV[1] = "batch", ARGV[2] = now_ms or "" (one clock for the
 -- whole batch), then for each request "<nkeys> <cost>" or "<nkeys> <cost>
 -- <mode>" followed by its nkeys limits; KEYS holds each request's keys in the
--- same order (at most 64 requests and 128 keys). Each request is decided
+-- same order (at most 32 requests and 64 keys). Each request is decided
 -- alone, in order, exactly as the plain form would decide it; the reply is
 -- the concatenation of their 7-integer replies, or of one error in place of
 -- the 7 integers for a request that is bad.
@@ -208,15 +208,6 @@ local function clock(i)
     return t[1] * 1000000 + t[2]
   end
   return int(i, 'now_ms', 4e12) * 1000
-end
-
--- mode reads ARGV[i]: "take" (or missing or ""), "atmost" or "refund".
-local function mode(i)
-  local s = ARGV[i]
-  if s == nil or s == '' or s == 'take' or s == 'atmost' or s == 'refund' then
-    return s == nil and '' or s
-  end
-  fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', i, printable(s))
 end
 
 -- get reads a state key: its string, or false when it does not exist.
@@ -422,7 +413,10 @@ local function run()
     elseif nargs < nkeys or nargs > nkeys + 3 then
       fail('expected %d to %d ARGV (a limit per key, then [cost [now_ms [mode]]]), got %d', nkeys, nkeys + 3, nargs)
     end
-    local how = mode(nkeys + 3)
+    local how = ARGV[nkeys + 3] or ''
+    if how ~= '' and how ~= 'take' and how ~= 'atmost' and how ~= 'refund' then
+      fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', nkeys + 3, printable(how))
+    end
     local cost = nargs == nkeys and 1 or int(nkeys + 1, 'cost', 1e9)
     return decide(1, nkeys, 1, cost, how, clock(nkeys + 2))
   end
@@ -445,8 +439,8 @@ local function run()
     requests[#requests + 1] = {k, n, a + 1, cost + 0, how or ''}
     k, a = k + n, a + n + 1
   end
-  if #requests == 0 or #requests > 64 or nkeys > 128 or k <= nkeys then
-    fail('a batch needs 1 to 64 requests whose nkeys add up to #KEYS (at most 128), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
+  if #requests == 0 or #requests > 32 or nkeys > 64 or k <= nkeys then
+    fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
   end
   local now = clock(2)
   local out = {}
@@ -460,7 +454,7 @@ local function run()
     elseif type(r) == 'table' and r.luarate then
       out[#out + 1] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
     else
-      error(r) -- Redis's own error fails the whole batch
+      error(r, 0) -- Redis's own error fails the whole batch
     end
   end
   return out
@@ -473,6 +467,8 @@ elseif type(res) == 'table' and res.luarate then
   return redis.error_reply('ERR luarate: ' .. res.luarate)
 elseif type(res) == 'table' and res.err then
   return res -- Redis's own error, with its code
+elseif type(res) == 'string' and string.find(res, '^%u+ ') then
+  return redis.error_reply(res) -- the same, as Redis 7.0's redis.call raises it: its text
 end
 return redis.error_reply('ERR luarate: ' .. tostring(res))
 -- luarate shared: end

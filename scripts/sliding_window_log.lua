@@ -76,7 +76,7 @@
 -- same order. Each request is decided alone, in order, exactly as the plain
 -- form would decide it; the reply is the concatenation of their 7-integer
 -- replies, or of one error in place of the 7 integers for a request that is
--- bad. A whole batch is capped like one call (not at the 64 requests and 128
+-- bad. A whole batch is capped like one call (not at the 32 requests and 64
 -- keys of the other scripts): at most 16 limits (nkeys summed over its
 -- requests) and 128 units (cost * nkeys, summed); a request that would go
 -- over fails alone.
@@ -96,7 +96,7 @@
 -- decided here, before anything else is defined; every other call, and any
 -- argument or state this path does not accept, goes on to the general path
 -- below, which decides the same and names what is wrong.
-local key, spec, c = KEYS[1], ARGV[1], ARGV[2] or '1'
+local key, spec, c = KEYS[1], ARGV[1] or '', ARGV[2] or '1'
 if #KEYS == 1 and #ARGV <= 2 and #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
   local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
   local top = redis.pcall('ZRANGE', key, '-2', '-1') -- the newest entry and the marker
@@ -224,15 +224,6 @@ local function clock(i)
     return t[1] * 1000000 + t[2]
   end
   return int(i, 'now_ms', 4e12) * 1000
-end
-
--- mode reads ARGV[i]: "take" (or missing or ""), "atmost" or "refund".
-local function mode(i)
-  local s = ARGV[i]
-  if s == nil or s == '' or s == 'take' or s == 'atmost' or s == 'refund' then
-    return s == nil and '' or s
-  end
-  fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', i, printable(s))
 end
 
 -- get reads a state key: its string, or false when it does not exist.
@@ -490,7 +481,10 @@ local function run()
     elseif nargs < nkeys or nargs > nkeys + 3 then
       fail('expected %d to %d ARGV (a limit per key, then [cost [now_ms [mode]]]), got %d', nkeys, nkeys + 3, nargs)
     end
-    local how = mode(nkeys + 3)
+    local how = ARGV[nkeys + 3] or ''
+    if how ~= '' and how ~= 'take' and how ~= 'atmost' and how ~= 'refund' then
+      fail('ARGV[%d] mode must be take, atmost or refund, got "%s"', nkeys + 3, printable(how))
+    end
     local cost = nargs == nkeys and 1 or int(nkeys + 1, 'cost', 1e9)
     return decide(1, nkeys, 1, cost, how, clock(nkeys + 2))
   end
@@ -513,8 +507,8 @@ local function run()
     requests[#requests + 1] = {k, n, a + 1, cost + 0, how or ''}
     k, a = k + n, a + n + 1
   end
-  if #requests == 0 or #requests > 64 or nkeys > 128 or k <= nkeys then
-    fail('a batch needs 1 to 64 requests whose nkeys add up to #KEYS (at most 128), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
+  if #requests == 0 or #requests > 32 or nkeys > 64 or k <= nkeys then
+    fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
   end
   local now = clock(2)
   local out = {}
@@ -542,7 +536,7 @@ elseif type(res) == 'table' and res.luarate then
 elseif type(res) == 'table' and res.err then
   return res -- Redis's own error, with its code
 elseif type(res) == 'string' and string.find(res, '^%u+ ') then
-  return redis.error_reply(res) -- raised by redis.call (Redis 7.0 raises "OOM ..."), code first
+  return redis.error_reply(res) -- the same, as Redis 7.0's redis.call raises it: its text
 end
 return redis.error_reply('ERR luarate: ' .. tostring(res))
 -- luarate shared: end
