@@ -46,6 +46,11 @@ func PerMinute(algo Algorithm, n int) Limit {
 // PerHour returns a Limit of n per hour.
 func PerHour(algo Algorithm, n int) Limit { return Limit{Algorithm: algo, Rate: n, Period: time.Hour} }
 
+// PerDay returns a Limit of n per 24 hours.
+func PerDay(algo Algorithm, n int) Limit {
+	return Limit{Algorithm: algo, Rate: n, Period: 24 * time.Hour}
+}
+
 // The bounds the scripts accept; Validate checks them first so a bad limit
 // never costs a round trip.
 const (
