@@ -7,7 +7,7 @@
 //
 // Subcommands:
 //
-//	luarate serve     a demo JSON API on :8080, rate limited per API key or IP
+//	luarate serve     a demo JSON API on 127.0.0.1:8080, limited per verified API key or IP
 //	luarate try       N requests against a chosen algorithm and limit, as a table
 //	luarate scripts   list the embedded Lua scripts (name, version, SHA1); -o DIR writes them
 //	luarate load      SCRIPT LOAD every script into a Redis and print the SHAs
@@ -38,7 +38,7 @@ const mainHelp = `luarate: rate limiting done inside Redis.
 
 Usage:
   luarate [-redis host:port]        a burst of requests against a 10/s limit (default: embedded Redis)
-  luarate serve [flags]             a demo JSON API on :8080, limited per API key or client IP
+  luarate serve [flags]             a demo JSON API on 127.0.0.1:8080, limited per API key or client IP
   luarate try [flags]               N requests against a chosen algorithm and limit, as a table
   luarate scripts [-o DIR]          list the embedded Lua scripts (name, version, SHA1), or write them
   luarate load -redis host:port     SCRIPT LOAD every script into a Redis and print the SHAs
