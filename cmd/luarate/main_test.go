@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/luarate/luarate"
 	"github.com/luarate/luarate/internal/redistest"
 	"github.com/redis/rueidis"
@@ -110,7 +111,7 @@ func TestErrorsAreOneLine(t *testing.T) {
 		{[]string{"-redis", "127.0.0.1:1"}, exitFail, "luarate: cannot reach Redis at 127.0.0.1:1: "},
 		{[]string{"try", "-redis", "127.0.0.1:1"}, exitFail, "luarate: cannot reach Redis at 127.0.0.1:1: "},
 		{[]string{"load", "-redis", "127.0.0.1:1"}, exitFail, "luarate: cannot reach Redis at 127.0.0.1:1: "},
-		{[]string{"-redis", "nonsense"}, exitUsage, `luarate: bad Redis address "nonsense": want host:port or redis://host:port`},
+		{[]string{"-redis", "nonsense"}, exitUsage, `luarate: bad Redis address "nonsense": want host:port or redis://[user:password@]host:port`},
 		{[]string{"-bogus"}, exitUsage, "luarate: flag provided but not defined: -bogus (run 'luarate -h')"},
 		{[]string{"frobnicate"}, exitUsage, `luarate: unknown command "frobnicate"`},
 		{[]string{"try", "-algo", "nope"}, exitUsage, `luarate: try: invalid value "nope" for flag -algo: unknown algorithm "nope"; choose one of fixed_window, `},
@@ -134,7 +135,7 @@ func TestErrorsAreOneLine(t *testing.T) {
 }
 
 func TestHelp(t *testing.T) {
-	for _, args := range [][]string{{"-h"}, {"help"}, {"try", "-h"}, {"serve", "-h"}, {"scripts", "-h"}, {"load", "-h"}} {
+	for _, args := range [][]string{{"-h"}, {"help"}, {"try", "-h"}, {"serve", "-h"}, {"scripts", "-h"}, {"load", "-h"}, {"version", "-h"}} {
 		code, out, errOut := runLuarate(t, args...)
 		assert.Equal(t, 0, code, args)
 		assert.Empty(t, errOut)
@@ -516,4 +517,66 @@ func TestServeTrustedProxies(t *testing.T) {
 	code, _, errOut := runLuarate(t, "serve", "-trusted-proxies", "10.0.0.0/33")
 	assert.Equal(t, exitUsage, code)
 	assert.Contains(t, errOut, "want CIDRs such as 10.0.0.0/8")
+}
+
+// A password in -redis or REDIS_URL is never printed: not in the banner, not
+// in an error.
+func TestRedisPasswordNeverPrinted(t *testing.T) {
+	mr := miniredis.NewMiniRedis()
+	mr.RequireAuth("secretpw")
+	require.NoError(t, mr.Start())
+	defer mr.Close()
+	for _, args := range [][]string{
+		{"try", "-n", "2", "-redis", "redis://:secretpw@" + mr.Addr()},
+		{"try", "-n", "2", "-redis", "redis://default:secretpw@" + mr.Addr()},
+		{"-redis", "redis://:secretpw@" + mr.Addr()},
+		{"load", "-redis", "redis://:secretpw@" + mr.Addr()},
+		{"try", "-redis", "redis://:secretpw@127.0.0.1:1"},
+		{"try", "-redis", "redis://:wrongpw@" + mr.Addr()},
+		{"try", "-redis", "redis://:secretpw@127.0.0.1:notaport"},
+		{"try", "-redis", "redis://:secretpw@%zz"},
+		{"try", "-redis", ":secretpw@127.0.0.1"},
+	} {
+		code, out, errOut := runLuarate(t, args...)
+		t.Log(args[len(args)-1], code, strings.SplitN(out, "\n", 2)[0], errOut)
+		assert.NotContains(t, out+errOut, "secretpw", args)
+		assert.NotContains(t, out+errOut, "wrongpw", args)
+	}
+	_, out, _ := runLuarate(t, "try", "-n", "1", "-redis", "redis://:secretpw@"+mr.Addr())
+	assert.Contains(t, out, "on Redis at redis://:xxxxx@"+mr.Addr())
+}
+
+// try -limits takes the notation of luarate.ParseLimits and applies every
+// limit at once.
+func TestTryLimits(t *testing.T) {
+	code, out, errOut := runLuarate(t, "try", "-limits", "5/hour;3/day", "-algo", "fixed_window", "-n", "6")
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, `fixed_window, 5/hour;3/day all at once, cost 1`)
+	assert.Contains(t, out, "6 requests: 3 allowed, 3 denied", "the tighter day limit")
+
+	for args, want := range map[string]string{
+		"-limits 10/fortnight":        `luarate: try: -limits: invalid limit: "10/fortnight" in "10/fortnight": unknown unit "fortnight"`,
+		"-limits 10/second -rate 5":   "luarate: try: -limits replaces -rate, -period and -burst",
+		"-limits 10/second;10/second": `another limit has the same period 1s`,
+		"-limits 2/second -cost 3":    "luarate: try: -cost must be from 0 to the capacity 2, got 3",
+	} {
+		code, _, errOut := runLuarate(t, append([]string{"try"}, strings.Fields(args)...)...)
+		assert.Equal(t, exitUsage, code, args)
+		assert.Contains(t, errOut, want, args)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"-version"}} {
+		code, out, errOut := runLuarate(t, args...)
+		require.Equal(t, 0, code, errOut)
+		assert.Regexp(t, `^luarate \S+`, out, "the module version first")
+		for _, s := range luarate.Scripts() {
+			assert.Regexp(t, fmt.Sprintf(`(?m)^%s\s+v%d\s+%s$`, s.Name, s.Version, s.SHA1), out)
+		}
+	}
+	assert.NotEqual(t, "(unknown)", moduleVersion(), "a test binary has build info")
+	code, _, errOut := runLuarate(t, "version", "extra")
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, `version: unexpected argument "extra"`)
 }
