@@ -16,7 +16,7 @@ import (
 //
 //	limits     = OWS limit *( OWS sep OWS limit ) OWS
 //	sep        = ";" / ","
-//	limit      = count OWS ( "/" / "per" ) OWS period
+//	limit      = count OWS "/" OWS period / count RWS "per" RWS period
 //	count      = 1*DIGIT                 ; 1 to 1000000000
 //	period     = [ multiplier OWS ] unit ; the unit times the multiplier
 //	multiplier = 1*DIGIT                 ; 1 or more
@@ -26,9 +26,11 @@ import (
 //	           / "h" / "hr" / "hour" / "hours"
 //	           / "d" / "day" / "days"
 //	OWS        = *( SP / HTAB )
+//	RWS        = 1*( SP / HTAB )
 //
-// So "10 per minute", "10per minute" and "10/MINUTE" are the same limit, and
-// "5/15m" is 5 per 15 minutes. A day is 24 hours.
+// So "10 per minute", "10/minute" and "10 / MINUTE" are the same limit,
+// "5/15m" is 5 per 15 minutes, and "ms" is milliseconds (not minutes). A day
+// is 24 hours.
 // Anything else is an error wrapping ErrInvalidLimit that quotes the part
 // that is wrong: an empty part, an unknown unit, a count out of range, or two
 // limits with the same period.
@@ -86,14 +88,14 @@ func parseLimit(s string, algo Algorithm) (Limit, error) {
 	if digits == "" {
 		return Limit{}, fmt.Errorf("must start with a count, as in 10/second")
 	}
-	rest = strings.TrimLeft(rest, " \t")
-	switch lower := strings.ToLower(rest); {
+	spaced := strings.TrimLeft(rest, " \t")
+	switch lower := strings.ToLower(spaced); {
 	case strings.HasPrefix(lower, "/"):
-		rest = rest[1:]
-	case strings.HasPrefix(lower, "per"):
-		rest = rest[3:]
+		rest = spaced[1:]
+	case len(spaced) < len(rest) && len(lower) > 4 && lower[:3] == "per" && (lower[3] == ' ' || lower[3] == '\t'):
+		rest = spaced[3:]
 	default:
-		return Limit{}, fmt.Errorf("want \"/\" or \"per\" after the count %s", digits)
+		return Limit{}, fmt.Errorf("want \"/\" or \" per \" (spaces around it) after the count %s", digits)
 	}
 	count, err := strconv.Atoi(digits)
 	if err != nil || count < 1 || count > maxRate {

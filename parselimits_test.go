@@ -23,7 +23,8 @@ func TestParseLimits(t *testing.T) {
 			{Algorithm: GCRA, Rate: 20, Period: 10 * time.Second},
 			PerDay(GCRA, 3),
 		}},
-		{"10per min", []Limit{PerMinute(GCRA, 10)}},
+		{"10 per\tmin", []Limit{PerMinute(GCRA, 10)}},
+		{"5/100ms", []Limit{{Algorithm: GCRA, Rate: 5, Period: 100 * time.Millisecond}}},
 		{"7/2 hours", []Limit{{Algorithm: GCRA, Rate: 7, Period: 2 * time.Hour}}},
 	} {
 		got, err := ParseLimits(tc.in, GCRA)
@@ -43,7 +44,10 @@ func TestParseLimitsErrors(t *testing.T) {
 		"10/fortnight":           `"10/fortnight" in "10/fortnight": unknown unit "fortnight"`,
 		"10/second;10/fortnight": `"10/fortnight" in "10/second;10/fortnight": unknown unit`,
 		"ten/second":             `"ten/second" in "ten/second": must start with a count`,
-		"10 second":              `want "/" or "per" after the count 10`,
+		"10per minute":           `want "/" or " per " (spaces around it) after the count 10`,
+		"10 perminute":           `want "/" or " per " (spaces around it) after the count 10`,
+		"10 per":                 `want "/" or " per " (spaces around it) after the count 10`,
+		"10 second":              `want "/" or " per " (spaces around it) after the count 10`,
 		"0/second":               `count must be from 1 to 1000000000, got 0`,
 		"99999999999/second":     `count must be from 1 to 1000000000`,
 		"10/0s":                  `period multiplier must be from 1`,
