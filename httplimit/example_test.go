@@ -20,14 +20,17 @@ import (
 func Example() {
 	mr, _ := miniredis.Run()
 	defer mr.Close()
-	client, _ := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{mr.Addr()}, DisableCache: true, ForceSingleClient: true})
+	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{mr.Addr()}, DisableCache: true, ForceSingleClient: true})
+	if err != nil {
+		panic(err) // Redis unreachable at start; a server would log.Fatal
+	}
 	defer client.Close()
 	now := func() time.Time { return time.Unix(1_700_000_000, 0) }
 	limiter := luarate.New(client, luarate.WithClock(now))
 
 	limits, err := luarate.ParseLimits("3/minute;10/hour", luarate.GCRA)
 	if err != nil {
-		panic(err)
+		panic(err) // a typo in the limits: the error names the bad part
 	}
 	validKeys := map[string]bool{"key-1": true} // your key store
 	limit := httplimit.Middleware(limiter, limits,

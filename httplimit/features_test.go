@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"testing"
 	"time"
@@ -154,7 +155,7 @@ func TestCostAndRefund(t *testing.T) {
 			return r
 		}
 		serve := func(query string) (int, string) {
-			w := newRecorder()
+			w := httptest.NewRecorder()
 			h.ServeHTTP(w, send(query))
 			return w.Code, w.Header().Get("X-RateLimit-Remaining")
 		}
@@ -180,11 +181,11 @@ func TestCostAndRefund(t *testing.T) {
 		var logs logBuffer
 		q := middleware(l, luarate.Limit{Algorithm: luarate.LeakyQueue, Rate: 2, Period: time.Minute}, refundNotFound,
 			httplimit.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))(http.HandlerFunc(status))
-		w := newRecorder()
+		w := httptest.NewRecorder()
 		q.ServeHTTP(w, send("status=404"))
 		assert.Equal(t, 404, w.Code)
 		assert.Contains(t, logs.String(), "refund failed")
-		w = newRecorder()
+		w = httptest.NewRecorder()
 		q.ServeHTTP(w, send(""))
 		assert.Equal(t, "0", w.Header().Get("X-RateLimit-Remaining"))
 	})

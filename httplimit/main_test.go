@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
-	"net/http/httptest"
 	"os"
 	"sync"
 	"testing"
@@ -47,8 +46,6 @@ func uniquePrefix() string {
 func fixedLimiter(client rueidis.Client, prefix string, now *time.Time) *luarate.Limiter {
 	return luarate.New(client, luarate.WithPrefix(prefix), luarate.WithClock(func() time.Time { return *now }))
 }
-
-func newRecorder() *httptest.ResponseRecorder { return httptest.NewRecorder() }
 
 // logBuffer is a bytes.Buffer safe for the logger and the test at once.
 type logBuffer struct {
