@@ -18,7 +18,10 @@ import (
 func Example() {
 	mr, _ := miniredis.Run()
 	defer mr.Close()
-	client, _ := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{mr.Addr()}, DisableCache: true, ForceSingleClient: true})
+	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{mr.Addr()}, DisableCache: true, ForceSingleClient: true})
+	if err != nil {
+		panic(err) // Redis unreachable at start; a server would log.Fatal
+	}
 	defer client.Close()
 	limiter := luarate.New(client, luarate.WithClock(func() time.Time { return time.UnixMilli(1_700_000_000_000) }))
 
