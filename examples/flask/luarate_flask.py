@@ -83,13 +83,21 @@ def verified_api_key(value):
     g.luarate_key = "x-api-key:" + hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
+def escape_braces(s):
+    """As the Go client: %, { and } become %25, %7B and %7D inside the {hash tag}."""
+    return re.sub(r"[%{}]", lambda m: "%{:02X}".format(ord(m[0])), s)
+
+
 def default_key():
     return g.get("luarate_key") or ip_key()
 
 
 class Limiter:
+    """fail_open: serve requests when Redis cannot decide (the default, as the Go
+    middleware), or answer 503. algorithm: a script name from scripts_dir."""
+
     def __init__(self, redis_client, scripts_dir, prefix="rl:", fail_open=True, algorithm="gcra"):
-        self.prefix, self.fail_open, self.algorithm = prefix, fail_open, algorithm
+        self.prefix, self.fail_open, self.algorithm = escape_braces(prefix), fail_open, algorithm
         self.scripts = {}  # name -> (key tag, script)
         for file in sorted(os.listdir(scripts_dir)):
             with open(os.path.join(scripts_dir, file), "rb") as f:
@@ -102,13 +110,13 @@ class Limiter:
     def hit(self, key, limits, cost=1, mode="take", lockout_ms=0, algorithm=None):
         """One atomic decision over every limit. Raises RedisError when Redis cannot decide."""
         tag, script = self.scripts[algorithm or self.algorithm]
-        escaped = re.sub(r"[%{}]", lambda m: "%{:02X}".format(ord(m[0])), key)
-        keys = [f"{self.prefix}{{{escaped}}}:{tag}:{period}" for _, period in limits]
+        keys = [f"{self.prefix}{{{escape_braces(key)}}}:{tag}:{period}" for _, period in limits]
         return decode_reply(script(keys=keys, args=script_args(limits, cost, mode, lockout_ms)))
 
     def limit(self, limits, key=default_key, scope=None, algorithm=None, fail_open=None):
-        """Decorator: limits is a string, or a function of the request returning one.
-        Each route counts apart (scope: the view's name) unless given one scope."""
+        """Decorator: limits is a string, or a function (reading flask.request)
+        returning one. Each route counts apart (scope: the view's name); routes
+        given one scope share a counter, and scope="" is the bare key."""
         fixed = None if callable(limits) else parse_limits(limits)
         cached = functools.lru_cache(maxsize=64)(parse_limits)
 

@@ -161,6 +161,14 @@ def test_app(base, r, procs, redis_proc, redis_port, log):
           and h["X-RateLimit-Remaining"] == "4", f"go: {go.stdout.strip()!r} {go.stderr.strip()!r}; "
                                                  f"then Flask: Remaining {h['X-RateLimit-Remaining']}")
 
+    odd = "user:{42}%"  # braces and % escaped as the Go client escapes them
+    for _ in range(3):
+        Limiter(r, os.path.join(ROOT, "scripts")).hit(odd, parse_limits("10/hour"))
+    go = subprocess.run([os.path.join(procs.tmp, "gocheck"), "-redis", f"127.0.0.1:{redis_port}", "-key", odd,
+                         "-rate", "10", "-period", "1h"], capture_output=True, text=True, timeout=30)
+    check(f"Go's Peek sees 3 requests Python made on the key {odd!r}",
+          go.stdout.strip() == "peek allowed=true remaining=7 limit=10", f"go: {go.stdout.strip()!r} {go.stderr.strip()!r}")
+
     login = base + "/login"
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         out = list(pool.map(lambda _: request(login, "POST", data={"username": "carol", "password": "guess"}),
@@ -195,6 +203,21 @@ def test_app(base, r, procs, redis_proc, redis_port, log):
           and "outcome=failed_closed key=login-user:bob method=POST path=/login" in text)
 
 
+def test_parse_limits():
+    good = {"10/second;1000/day": [(10, 1000), (1000, 86400000)], "10 per minute": [(10, 60000)],
+            "5/15m": [(5, 900000)], "100/hour, 7/30s": [(100, 3600000), (7, 30000)], "3 per 2 hours": [(3, 7200000)]}
+    got = {text: parse_limits(text) for text in good}
+    check("parse_limits reads the notation of Go's ParseLimits", got == good, "" if got == good else got)
+    errors = []
+    for bad in ["10/fortnight", "0/minute", "10/0m", "ten/minute", "10/minute;", "10/minute;5/60s"]:
+        try:
+            parse_limits(bad)
+        except ValueError as e:
+            errors.append(str(e))
+    check("parse_limits names the bad part", len(errors) == 6 and "'10/fortnight'" in errors[0]
+          and "two limits with period 60000 ms" in errors[5], errors[0])
+
+
 def test_fail_closed_decorator():
     os.environ.update(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", RATELIMIT_FAIL="closed")
     import app  # in this process: nothing listens on that port
@@ -206,7 +229,7 @@ def test_fail_closed_decorator():
     s = app.app.test_client().get("/public")
     check("RATELIMIT_FAIL=closed: the decorator answers 503 when Redis is down, and logs it once",
           s.status_code == 503 and s.headers["Retry-After"] == "1" and s.get_json()["retry_after"] == 1
-          and len(lines) == 1 and "outcome=failed_closed key=public:ip:127.0.0.1" in lines[0], lines)
+          and len(lines) == 1 and "outcome=failed_closed key=public:ip:127.0.0.1" in lines[0], lines[0] if lines else "")
 
 
 def compare_tutorials(base, r, window, rounds=5):
@@ -240,6 +263,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="luarate-flask-")
     procs = Processes(tmp)
     try:
+        test_parse_limits()
         subprocess.run(["go", "build", "-o", os.path.join(tmp, "gocheck"), "./examples/flask/gocheck"],
                        cwd=ROOT, check=True, timeout=240)
         redis_proc, port = start_redis(procs)

@@ -1,6 +1,7 @@
 // Command gocheck spends, from Go, a limit the Flask example spends from
 // Python: it builds the client's key as httplimit does (scope, then the
-// hashed X-API-Key), peeks at the limit, then takes -allow requests.
+// hashed X-API-Key), or takes -key as it is, peeks at the limit, then takes
+// -allow requests.
 //
 //	go run ./examples/flask/gocheck -redis 127.0.0.1:6379 -scope dynamic -api-key demo-key -rate 10 -period 1h -allow 2
 //
@@ -24,19 +25,23 @@ func main() {
 	addr := flag.String("redis", "127.0.0.1:6379", "Redis address")
 	scope := flag.String("scope", "", "the Flask view's name: the decorator scopes each route's counter by it")
 	apiKey := flag.String("api-key", "", "the client's verified X-API-Key")
+	rawKey := flag.String("key", "", "the key itself, instead of -scope and -api-key")
 	rate := flag.Int("rate", 10, "requests per period")
 	period := flag.Duration("period", time.Hour, "period")
 	allow := flag.Int("allow", 0, "requests to take after the peek")
 	flag.Parse()
 
-	r, _ := http.NewRequest("GET", "/", nil)
-	r.Header.Set("X-API-Key", *apiKey)
-	key, err := httplimit.Header("X-API-Key")(r)
-	if err != nil || key == "" {
-		log.Fatalf("gocheck: -api-key is needed (%v)", err)
-	}
-	if *scope != "" {
-		key = *scope + ":" + key
+	key := *rawKey
+	if key == "" {
+		r, _ := http.NewRequest("GET", "/", nil)
+		r.Header.Set("X-API-Key", *apiKey)
+		var err error
+		if key, err = httplimit.Header("X-API-Key")(r); err != nil || key == "" {
+			log.Fatalf("gocheck: give -key, or -api-key (%v)", err)
+		}
+		if *scope != "" {
+			key = *scope + ":" + key
+		}
 	}
 	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{*addr}, DisableCache: true})
 	if err != nil {
