@@ -7,7 +7,7 @@ program on the same Redis, and the tutorials' limiters beside luarate's.
 Ends with "N passed, 0 failed"; exits 1 on any failure. Needs redis-server,
 Debian's python3-flask, python3-redis and gunicorn, and go.
 """
-import concurrent.futures, json, logging, os, signal, socket, subprocess, sys, tempfile, time, uuid
+import concurrent.futures, json, logging, os, shutil, signal, socket, subprocess, sys, tempfile, time, uuid
 import urllib.error, urllib.parse, urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,12 +31,15 @@ def free_port():
         return s.getsockname()[1]
 
 
+LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy from the environment
+
+
 def request(url, method="GET", headers=None, data=None):
     """(status, headers, JSON body) of one request, 10 s at most."""
     body = urllib.parse.urlencode(data).encode() if data else None
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with LOOPBACK.open(req, timeout=10) as resp:
             return resp.status, resp.headers, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, e.headers, json.loads(e.read() or b"null")
@@ -103,17 +106,19 @@ def start_redis(procs):
 
 
 def start_gunicorn(procs, module, env):
-    port = free_port()
-    p, log = procs.start(module.replace(":", "-"), [sys.executable, "-m", "gunicorn", "-w", "4",
-                                                   "-b", f"127.0.0.1:{port}", module], env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and p.poll() is None:
-        log.seek(0)
-        if log.read().count("Booting worker") >= 4:  # all four, so the load meets them all
-            return p, log, f"http://127.0.0.1:{port}"
-        time.sleep(0.1)
+    for _ in range(3):  # another process may take the free port first
+        port = free_port()
+        p, log = procs.start(f"{module}-{port}", [sys.executable, "-m", "gunicorn", "-w", "4",
+                                                 "-b", f"127.0.0.1:{port}", module], env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and p.poll() is None:
+            log.seek(0)
+            if log.read().count("Booting worker") >= 4:  # all four, so the load meets them all
+                return p, log, f"http://127.0.0.1:{port}"
+            time.sleep(0.1)
+        procs.stop(p)
     log.seek(0)
-    raise RuntimeError(f"gunicorn {module} did not boot 4 workers in 30 s:\n{log.read()}")
+    raise RuntimeError(f"gunicorn {module} did not boot 4 workers:\n{log.read()}")
 
 
 def check_flood(name, url, n, limit, headers=None):
@@ -260,7 +265,10 @@ def compare_tutorials(base, r, window, rounds=5):
 
 
 def main():
-    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("test_flask.py ran over 300 s")))
+    def stop(signum, _):  # fail, and still clean up
+        raise RuntimeError("ran over 300 s" if signum == signal.SIGALRM else "terminated")
+    signal.signal(signal.SIGALRM, stop)
+    signal.signal(signal.SIGTERM, stop)
     signal.alarm(300)
     tmp = tempfile.mkdtemp(prefix="luarate-flask-")
     procs = Processes(tmp)
@@ -281,6 +289,10 @@ def main():
     finally:
         signal.alarm(0)
         procs.stop_all()
+        if failed:
+            print(f"logs in {tmp}")
+        else:
+            shutil.rmtree(tmp)
     print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 
