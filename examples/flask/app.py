@@ -81,7 +81,7 @@ def login():
             return denied(res, "too many login attempts from this address")
         res = limiter.hit(user_key, FAILURES, lockout_ms=3600000, algorithm=LOG)
     except RedisError as e:
-        return limiter.unavailable(user_key, e, False, None)
+        return limiter.unavailable(user_key, e, fail_open=False)
     if not res.allowed:
         return denied(res, "too many failed logins for this user")
     if password != PASSWORD:

@@ -115,16 +115,16 @@ class Limiter:
 
     def limit(self, limits, key=default_key, scope=None, algorithm=None, fail_open=None):
         """Decorator: limits is a string, or a function (reading flask.request)
-        returning one. Each route counts apart (scope: the view's name); routes
-        given one scope share a counter, and scope="" is the bare key."""
+        returning one. Each route counts apart (scope: its endpoint, e.g. "public"
+        or "blueprint.view"); routes given one scope share a counter, and
+        scope="" is the bare key."""
         fixed = None if callable(limits) else parse_limits(limits)
         cached = functools.lru_cache(maxsize=64)(parse_limits)
 
         def decorate(view):
-            name = view.__name__ if scope is None else scope
-
             @functools.wraps(view)
             def wrapped(*args, **kwargs):
+                name = request.endpoint if scope is None else scope
                 k = f"{name}:{key()}" if name else key()
                 try:
                     res = self.hit(k, fixed or cached(limits()), algorithm=algorithm)
@@ -141,7 +141,8 @@ class Limiter:
             return wrapped
         return decorate
 
-    def unavailable(self, key, err, fail_open, serve):
+    def unavailable(self, key, err, fail_open, serve=None):
+        """Log why there is no decision; serve() when failing open, else 503."""
         outcome = "failed_open" if fail_open else "failed_closed"
         log.error("luarate: no rate-limit decision outcome=%s key=%s method=%s path=%s error=%r",
                   outcome, key, request.method, request.path, err)
