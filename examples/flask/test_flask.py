@@ -203,7 +203,7 @@ def test_app(base, r, procs, redis_proc, redis_port, log):
     time.sleep(0.5)  # gunicorn's log is written by the workers
     log.seek(0)
     text = log.read()
-    check("Redis down: one clear log line per request",
+    check("Redis down: each is logged in one line naming outcome, key and route",
           "luarate: no rate-limit decision outcome=failed_open key=public:ip:127.0.0.1 method=GET path=/public" in text
           and "outcome=failed_closed key=login-user:bob method=POST path=/login" in text)
 
