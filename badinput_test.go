@@ -102,7 +102,7 @@ func TestHostileScriptInput(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
 		for _, s := range Scripts() {
 			if s.Name == "concurrency" {
-				continue // other ARGV: TestHostileConcurrencyInput
+				continue // other ARGV: TestConcurrencyHostileInput
 			}
 			t.Run(s.Name, func(t *testing.T) {
 				keys := []string{"{h}:" + s.Name + ":a", "{h}:" + s.Name + ":b"}
@@ -209,7 +209,7 @@ func TestHostileScriptInput(t *testing.T) {
 // work, and none of it disturbs existing state.
 func TestHostileGoInput(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
-		for _, algo := range everyAlgorithm() {
+		for _, algo := range Algorithms() {
 			t.Run(algo.String(), func(t *testing.T) {
 				c := &clock{ms: 1_700_000_000_250}
 				l := b.limiter(c)
@@ -292,7 +292,8 @@ func TestHostileRedisCLI(t *testing.T) {
 		}
 		return strings.TrimSpace(string(out))
 	}
-	for _, name := range limiterScripts { // concurrency: TestHostileConcurrencyInput
+	for _, algo := range Algorithms() { // concurrency: TestConcurrencyHostileInput
+		name := algo.String()
 		script := "scripts/" + name + ".lua"
 		require.Equal(t, "OK", cli("FLUSHALL"))
 		// state to protect: k admitted once (a minute from now it still matters), h a hash

@@ -90,11 +90,11 @@ func BenchmarkAllowDenyCache(b *testing.B) {
 
 // BenchmarkKeys is the client's key and argument building alone.
 func BenchmarkKeys(b *testing.B) {
-	l := New(nil)
+	l := &Limiter{prefix: "rl:"} // command builds arguments, it needs no client
 	limits := []Limit{PerSecond(GCRA, 100)}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, _, err := l.command("user42", 1, modeTake, limits); err != nil {
+		if _, _, _, err := l.command("user42", 1, OpTake, limits); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -21,7 +21,8 @@
 // All of them run inside the same scripts, atomically, in one round trip.
 //
 // Time comes from the Redis server's clock, so app servers with skewed clocks
-// agree; WithClock passes the caller's instead (tests, replay).
+// agree; WithClock passes the caller's instead (tests, replay). While Redis is
+// down, package insurance keeps limiting on this process's share.
 package luarate
 
 import (
@@ -46,11 +47,11 @@ var ErrUnavailable = errors.New("redis unavailable")
 
 // Limiter makes rate-limit decisions in Redis. It is safe for concurrent use.
 type Limiter struct {
-	client    rueidis.Client
-	prefix    string
-	now       func() time.Time
-	denies    *denyCache // nil unless WithDenyCache
-	insurance *insurance // nil unless WithInsurance
+	client   rueidis.Client
+	prefix   string
+	now      func() time.Time
+	denies   *denyCache // nil unless WithDenyCache
+	fallback Fallback   // nil unless WithFallback
 }
 
 // Option configures a Limiter.
@@ -79,8 +80,13 @@ func (l *Limiter) clock() time.Time {
 }
 
 // New returns a Limiter that runs the scripts on client. For miniredis, build
-// the client with DisableCache and ForceSingleClient.
+// the client with DisableCache and ForceSingleClient. New panics if client is
+// nil: that is a setup error (usually rueidis.NewClient's error ignored), and
+// it should fail at start rather than at the first request.
 func New(client rueidis.Client, opts ...Option) *Limiter {
+	if client == nil {
+		panic("luarate.New: client is nil; pass the client rueidis.NewClient returned, after checking its error")
+	}
 	l := &Limiter{client: client, prefix: "rl:"}
 	for _, o := range opts {
 		o(l)
@@ -110,7 +116,7 @@ func (l *Limiter) Peek(ctx context.Context, key string, limit Limit) (Result, er
 // Result reports the tightest limit: the denying one with the longest
 // RetryAfter, else the one with the fewest Remaining.
 func (l *Limiter) AllowMulti(ctx context.Context, key string, n int, limits ...Limit) (Result, error) {
-	return l.decide(ctx, key, n, modeTake, limits)
+	return l.decide(ctx, key, n, OpTake, limits)
 }
 
 // AllowAtMost takes as many of n units as fit, from 0 to n, and reports how
@@ -123,7 +129,7 @@ func (l *Limiter) AllowMulti(ctx context.Context, key string, n int, limits ...L
 // returns Allowed true, Granted 3, Remaining 0; the next one returns Allowed
 // false, Granted 0.
 func (l *Limiter) AllowAtMost(ctx context.Context, key string, limit Limit, n int) (Result, error) {
-	return l.decide(ctx, key, n, modeAtMost, []Limit{limit})
+	return l.decide(ctx, key, n, OpAtMost, []Limit{limit})
 }
 
 // Penalize takes up to n extra units from key, never going below empty: a
@@ -132,7 +138,7 @@ func (l *Limiter) AllowAtMost(ctx context.Context, key string, limit Limit, n in
 // was taken; on a key with nothing left it takes nothing and, with a Lockout,
 // starts the lock.
 func (l *Limiter) Penalize(ctx context.Context, key string, limit Limit, n int) (Result, error) {
-	return l.decide(ctx, key, n, modeAtMost, []Limit{limit})
+	return l.decide(ctx, key, n, OpAtMost, []Limit{limit})
 }
 
 // Refund gives n units back to key, never beyond full, and reports how many
@@ -143,9 +149,8 @@ func (l *Limiter) Penalize(ctx context.Context, key string, limit Limit, n int) 
 // Use it to count only some outcomes, such as failed logins: take one unit
 // when a login is attempted (denied: answer 429), and refund it when the
 // password was right, so only failures use up the limit and trigger its
-// Lockout. Refund does not lift a lock: the lock punishes failures that
-// already happened, and if a success could lift it, anyone with one valid
-// account could clear a lock at will. Reset does.
+// Lockout. Refund does not lift a lock; Reset does. Why:
+// https://github.com/luarate/luarate/blob/main/docs/guide.md#abuse-protection
 //
 // Refund drops the key's entries in this Limiter's deny cache. For
 // SlidingWindowLog it removes the newest n entries in the window, as if those
@@ -159,28 +164,20 @@ func (l *Limiter) Refund(ctx context.Context, key string, limit Limit, n int) (R
 	if limit.Algorithm == LeakyQueue {
 		return Result{}, fmt.Errorf("luarate: %w: leaky_queue takes no refunds: admitted requests hold their departure slots", ErrInvalidRequest)
 	}
-	return l.decide(ctx, key, n, modeRefund, []Limit{limit})
+	return l.decide(ctx, key, n, OpRefund, []Limit{limit})
 }
 
-// mode is what a call does with its n units; the scripts' ARGV mode.
-type mode int
-
-const (
-	modeTake   mode = iota // all of n or nothing
-	modeAtMost             // as many of n as fit
-	modeRefund             // give n back
-)
-
-var modeNames = [...]string{modeTake: "take", modeAtMost: "atmost", modeRefund: "refund"}
+// modeNames are the scripts' ARGV mode of each Op.
+var modeNames = [...]string{OpTake: "take", OpAtMost: "atmost", OpRefund: "refund"}
 
 // decide runs one script call in any mode: every public decision goes
 // through it.
-func (l *Limiter) decide(ctx context.Context, key string, n int, m mode, limits []Limit) (Result, error) {
+func (l *Limiter) decide(ctx context.Context, key string, n int, m Op, limits []Limit) (Result, error) {
 	// sent is read before the request's now_ms, so the script decides no
 	// earlier than sent: a denial is never remembered for longer than it holds.
 	var sent time.Time
 	var gen uint64
-	cached := l.denies != nil && m == modeTake && !anyLockout(limits)
+	cached := l.denies != nil && m == OpTake && !anyLockout(limits)
 	if cached {
 		sent = l.clock()
 		gen = l.denies.generation()
@@ -194,29 +191,47 @@ func (l *Limiter) decide(ctx context.Context, key string, n int, m mode, limits 
 			return res, nil
 		}
 	}
-	reply, insured, err := l.exec(ctx, script, keys, args) // Redis, or WithInsurance's fallback
-	if err != nil {
-		return Result{}, err
+	var res Result
+	if l.fallback != nil {
+		// a copy: the caller's limits do not escape to the heap on every call
+		call := Call{Key: key, N: n, Op: m, Limits: append([]Limit(nil), limits...), Now: l.clock()}
+		res, err = l.fallback.Decide(ctx, call, func(ctx context.Context) (Result, error) {
+			return l.inRedis(ctx, script, keys, args)
+		})
+	} else {
+		res, err = l.inRedis(ctx, script, keys, args)
 	}
-	res, err := parseResult(reply)
-	res.Insured = insured
-	if err == nil && cached && n > 0 && !res.Allowed && !insured {
+	if err == nil && cached && n > 0 && !res.Allowed && !res.Insured {
 		l.denies.remember(keys[0], limits, n, sent, gen, res)
 	}
-	if m == modeRefund && l.denies != nil {
+	if m == OpRefund && l.denies != nil {
 		// capacity came back: denials remembered before now no longer hold
 		l.denies.forget(keys[0])
 	}
 	return res, err
 }
 
+// inRedis makes a decision in Redis.
+func (l *Limiter) inRedis(ctx context.Context, script *loadedScript, keys, args []string) (Result, error) {
+	reply, err := l.eval(ctx, script, keys, args)
+	if err != nil {
+		return Result{}, err
+	}
+	return parseResult(reply)
+}
+
 // Reset forgets key's state under limit: the key is back to full.
 func (l *Limiter) Reset(ctx context.Context, key string, limit Limit) error {
-	_, keys, _, err := l.command(key, 0, modeTake, []Limit{limit})
+	_, keys, _, err := l.command(key, 0, OpTake, []Limit{limit})
 	if err != nil {
 		return err
 	}
-	err = l.del(ctx, keys) // in Redis, and in WithInsurance's fallback
+	if l.fallback != nil {
+		call := Call{Key: key, Op: OpTake, Limits: []Limit{limit}, Now: l.clock()}
+		err = l.fallback.Reset(ctx, call, func(ctx context.Context) error { return l.del(ctx, keys) })
+	} else {
+		err = l.del(ctx, keys)
+	}
 	if l.denies != nil {
 		// after the DEL: a denial decided before it and remembered after
 		// this is dropped by the cache's generation
@@ -235,6 +250,23 @@ func anyLockout(limits []Limit) bool {
 		}
 	}
 	return false
+}
+
+// eval runs script in Redis. Its errors are wrapped by redisError.
+func (l *Limiter) eval(ctx context.Context, script *loadedScript, keys, args []string) (rueidis.RedisMessage, error) {
+	reply, err := script.lua.Exec(ctx, l.client, keys, args).ToMessage()
+	if err != nil {
+		return reply, redisError(script.Name+" script", err)
+	}
+	return reply, nil
+}
+
+// del deletes keys in Redis, for Reset. Its errors are wrapped by redisError.
+func (l *Limiter) del(ctx context.Context, keys []string) error {
+	if err := l.client.Do(ctx, l.client.B().Del().Key(keys...).Build()).Error(); err != nil {
+		return redisError("luarate: reset", err)
+	}
+	return nil
 }
 
 // redisError wraps an error of the Redis client, adding ErrUnavailable when
@@ -272,7 +304,7 @@ func unavailable(err error) bool {
 // It is on every decision's path, so it allocates twice for usual keys,
 // however many limits there are: every key and argument is a substring of one
 // string, and keys and args share one slice.
-func (l *Limiter) command(key string, n int, m mode, limits []Limit) (*loadedScript, []string, []string, error) {
+func (l *Limiter) command(key string, n int, m Op, limits []Limit) (*loadedScript, []string, []string, error) {
 	if key == "" {
 		return nil, nil, nil, fmt.Errorf("luarate: %w: key must not be empty", ErrInvalidRequest)
 	}
@@ -306,7 +338,7 @@ func (l *Limiter) command(key string, n int, m mode, limits []Limit) (*loadedScr
 	for _, lim := range limits {
 		lockouts = lockouts || lim.Lockout > 0
 	}
-	withMode := m != modeTake || lockouts
+	withMode := m != OpTake || lockouts
 	nargs := 3*len(limits) + 1
 	switch {
 	case lockouts:

@@ -17,7 +17,7 @@ import (
 
 func TestAllowBurstThenDeny(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
-		for _, algo := range limiterAlgorithms {
+		for _, algo := range Algorithms() {
 			t.Run(algo.String(), func(t *testing.T) {
 				ctx := context.Background()
 				clk := &clock{ms: 1_700_000_000_000} // a whole second: windows start here
@@ -76,7 +76,7 @@ func (r Result) normalized(algo Algorithm) Result {
 
 func TestPeekAndReset(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
-		for _, algo := range limiterAlgorithms {
+		for _, algo := range Algorithms() {
 			t.Run(algo.String(), func(t *testing.T) {
 				ctx := context.Background()
 				l := b.limiter(&clock{ms: 1_700_000_000_000})
@@ -112,7 +112,7 @@ func TestPeekAndReset(t *testing.T) {
 
 func TestEveryWrittenKeyHasATTL(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
-		for _, algo := range limiterAlgorithms {
+		for _, algo := range Algorithms() {
 			t.Run(algo.String(), func(t *testing.T) {
 				ctx := context.Background()
 				b.prefix += algo.String() + ":"
@@ -133,7 +133,7 @@ func TestEveryWrittenKeyHasATTL(t *testing.T) {
 
 func TestDeniedRequestsDoNotExtendTheTTL(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
-		for _, algo := range limiterAlgorithms {
+		for _, algo := range Algorithms() {
 			t.Run(algo.String(), func(t *testing.T) {
 				ctx := context.Background()
 				b.prefix += algo.String() + ":"
@@ -158,7 +158,7 @@ func TestDeniedRequestsDoNotExtendTheTTL(t *testing.T) {
 func TestServerClock(t *testing.T) {
 	// Without WithClock the scripts read Redis TIME.
 	eachBackend(t, func(t *testing.T, b backend) {
-		for _, algo := range limiterAlgorithms {
+		for _, algo := range Algorithms() {
 			t.Run(algo.String(), func(t *testing.T) {
 				ctx := context.Background()
 				if b.mini != nil {
@@ -191,7 +191,7 @@ func TestServerClock(t *testing.T) {
 
 func TestClockGoingBackwardsNeverMintsCapacity(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
-		for _, algo := range limiterAlgorithms {
+		for _, algo := range Algorithms() {
 			t.Run(algo.String(), func(t *testing.T) {
 				ctx := context.Background()
 				clk := &clock{ms: 1_700_000_010_000}
@@ -312,10 +312,10 @@ func TestBadRequests(t *testing.T) {
 func TestKeyOfAnotherTypeIsLeftUntouched(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		for _, algo := range limiterAlgorithms {
+		for _, algo := range Algorithms() {
 			l := b.limiter(&clock{ms: 1_700_000_000_000})
 			limit := PerSecond(algo, 10)
-			_, keys, _, err := l.command("typed", 0, modeTake, []Limit{limit})
+			_, keys, _, err := l.command("typed", 0, OpTake, []Limit{limit})
 			require.NoError(t, err)
 			key := keys[0]
 
@@ -335,11 +335,14 @@ func TestKeyOfAnotherTypeIsLeftUntouched(t *testing.T) {
 	})
 }
 
-func TestConcurrencyNeverOverAdmits(t *testing.T) {
+// TestRaceNeverOverAdmits: 64 goroutines on 4 connections race for one key
+// of each algorithm on real Redis, with the clock frozen: exactly the
+// capacity is admitted.
+func TestRaceNeverOverAdmits(t *testing.T) {
 	if realAddr == "" {
 		t.Skip("SKIPPED: no real Redis")
 	}
-	for _, algo := range limiterAlgorithms {
+	for _, algo := range Algorithms() {
 		t.Run(algo.String(), func(t *testing.T) {
 			// several connections (one rueidis client each) and 64 goroutines
 			// on one key; the clock is frozen, so exactly the capacity fits
@@ -450,4 +453,10 @@ func (b backend) rawValue(t *testing.T, key string) string {
 	}
 	require.NoError(t, err)
 	return v
+}
+
+// TestNewNilClient: a nil client (rueidis.NewClient's error ignored) fails at
+// New, saying what is wrong, not with a nil dereference at the first Allow.
+func TestNewNilClient(t *testing.T) {
+	require.PanicsWithValue(t, "luarate.New: client is nil; pass the client rueidis.NewClient returned, after checking its error", func() { New(nil) })
 }

@@ -14,16 +14,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// everyAlgorithm lists every Algorithm constant, so a new script is covered
-// by the reliability suites as soon as it has one.
-func everyAlgorithm() []Algorithm {
-	var out []Algorithm
-	for a := Algorithm(1); int(a) < len(scriptNames); a++ {
-		out = append(out, a)
-	}
-	return out
-}
-
 // startCluster starts a real 3-master Redis Cluster (with a replica per
 // master when replicas is true) for the test, or skips loudly without
 // redis-server; under CI it fails instead.
@@ -127,7 +117,7 @@ func TestCluster(t *testing.T) {
 		}
 		now := time.UnixMilli(1_700_000_000_250)
 		prefix := uniquePrefix()
-		for _, algo := range everyAlgorithm() {
+		for _, algo := range Algorithms() {
 			onCluster := decide(t, client, prefix, keys, algo, now)
 			onSingle := decide(t, single, prefix, keys, algo, now)
 			require.Equal(t, onSingle, onCluster, algo.String())
@@ -259,7 +249,7 @@ func hammer(t *testing.T, client rueidis.Client, key string, disrupt func()) tra
 	}
 	prefix := uniquePrefix()
 	var streams []*stream
-	for _, algo := range everyAlgorithm() {
+	for _, algo := range Algorithms() {
 		// Long periods, so the TTLs (which run on the real clock) outlast the
 		// test: an expired key would look like lost state.
 		// (11.6 days also keeps rate * period within the sliding counter's bound.)

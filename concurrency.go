@@ -133,10 +133,5 @@ func (le *Lease) run(ctx context.Context, op string) (Result, error) {
 	if le.l.now != nil {
 		args = append(args, strconv.FormatInt(le.l.now().UnixMilli(), 10))
 	}
-	s := scripts["concurrency"]
-	reply, err := s.lua.Exec(ctx, le.l.client, []string{le.key}, args).ToMessage()
-	if err != nil {
-		return Result{}, redisError("concurrency script", err)
-	}
-	return parseResult(reply)
+	return le.l.inRedis(ctx, scripts["concurrency"], []string{le.key}, args)
 }

@@ -72,11 +72,11 @@ func (m *concurrencyModel) decide(op string, maxHeld, lease int64, id string, no
 	return reply{1, maxHeld, free(), reset(), 0, 0, granted}, true
 }
 
-// TestDifferentialConcurrency runs random acquire/release/extend/peek
+// TestConcurrencyDifferential runs random acquire/release/extend/peek
 // sequences (a few ids, time forward, still and back) through the script and
 // the model: every reply must agree, calls that write nothing must leave the
 // key as it was, and a write sets the key's TTL to reset_after.
-func TestDifferentialConcurrency(t *testing.T) {
+func TestConcurrencyDifferential(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		sequences := 100 * fuzzScale()
@@ -119,7 +119,7 @@ func runConcurrencySequence(t *testing.T, b backend, seed int64, steps int) bool
 	var expireAt int64
 	var history []string
 	fail := func(format string, args ...any) bool {
-		t.Errorf("concurrency seed %d (replay: go test -run 'TestDifferentialConcurrency/%s' -seed %d -v)\nmax %d lease %d\n%s\n%s",
+		t.Errorf("concurrency seed %d (replay: go test -run 'TestConcurrencyDifferential/%s' -seed %d -v)\nmax %d lease %d\n%s\n%s",
 			seed, b.name, seed, maxHeld, lease, strings.Join(history, "\n"), fmt.Sprintf(format, args...))
 		return false
 	}
@@ -400,11 +400,11 @@ func TestConcurrencyBadGoInput(t *testing.T) {
 	})
 }
 
-// TestHostileConcurrencyInput sends hostile raw EVALs on top of existing
+// TestConcurrencyHostileInput sends hostile raw EVALs on top of existing
 // leases: each is refused with one "ERR luarate:" line naming the argument,
 // and nothing stored changes; a key of another type, or a sorted set the
 // script did not write, is refused and left alone.
-func TestHostileConcurrencyInput(t *testing.T) {
+func TestConcurrencyHostileInput(t *testing.T) {
 	const now = "1700000000250"
 	valid := []string{"acquire", "3", "3600000", "lease-1", now}
 	eachBackend(t, func(t *testing.T, b backend) {

@@ -26,9 +26,6 @@ import (
 // 12 on miniredis; LUARATE_FUZZ=k runs k times as many.
 var seedFlag = flag.Int64("seed", 0, "replay one differential sequence by its seed")
 
-// limiterScripts are the scripts the models cover.
-var limiterScripts = []string{"fixed_window", "token_bucket", "gcra", "sliding_window_log", "sliding_window_counter", "leaky_bucket", "leaky_queue"}
-
 func fuzzScale() int {
 	if k, err := strconv.Atoi(os.Getenv("LUARATE_FUZZ")); err == nil && k > 0 {
 		return k
@@ -51,7 +48,7 @@ func (p params) args() []string {
 
 // randomParams draws n limits that Validate accepts, with distinct periods:
 // rates and periods that do not divide, tiny and huge periods.
-func randomParams(r *rand.Rand, script string, n int) []params {
+func randomParams(r *rand.Rand, algo Algorithm, n int) []params {
 	periods := []int64{1, 3, 7, 1000, 3000, 60_000, 86_400_000, 1_000_000_000_000}
 	rates := []int64{1, 2, 3, 7, 10, 100_000}
 	var out []params
@@ -63,7 +60,7 @@ func randomParams(r *rand.Rand, script string, n int) []params {
 		if r.Intn(3) == 0 {
 			p.period = 1 + r.Int63n(100_000)
 		}
-		if script == "sliding_window_log" && p.rate > 1000 {
+		if algo == SlidingWindowLog && p.rate > 1000 {
 			p.rate = 1 + r.Int63n(1000) // one entry per unit: keep the sets small
 		}
 		switch r.Intn(3) {
@@ -72,7 +69,7 @@ func randomParams(r *rand.Rand, script string, n int) []params {
 		case 2:
 			p.burst = 1 + r.Int63n(3*p.rate)
 		}
-		lim := Limit{Algorithm: algorithmOf(script), Rate: int(p.rate), Period: time.Duration(p.period) * time.Millisecond, Burst: int(p.burst)}
+		lim := Limit{Algorithm: algo, Rate: int(p.rate), Period: time.Duration(p.period) * time.Millisecond, Burst: int(p.burst)}
 		ok := lim.Validate() == nil
 		for _, q := range out {
 			ok = ok && q.period != p.period
@@ -88,12 +85,12 @@ func TestDifferential(t *testing.T) {
 	// real Redis is the referee and fast; miniredis compiles the Lua on every
 	// call, so it replays fewer sequences
 	steps := 25
-	for _, script := range limiterScripts {
-		t.Run(script, func(t *testing.T) {
+	for _, algo := range Algorithms() {
+		t.Run(algo.String(), func(t *testing.T) {
 			t.Parallel()
 			eachBackend(t, func(t *testing.T, b backend) {
 				if *seedFlag != 0 {
-					runSequence(t, b, script, *seedFlag, steps, true)
+					runSequence(t, b, algo, *seedFlag, steps, true)
 					return
 				}
 				sequences := 100 * fuzzScale()
@@ -102,7 +99,7 @@ func TestDifferential(t *testing.T) {
 				}
 				base := time.Now().UnixNano()
 				for i := range int64(sequences) {
-					if !runSequence(t, b, script, base+i, steps, false) {
+					if !runSequence(t, b, algo, base+i, steps, false) {
 						return
 					}
 				}
@@ -112,11 +109,12 @@ func TestDifferential(t *testing.T) {
 }
 
 // runSequence replays one random sequence; it reports false after a failure.
-func runSequence(t *testing.T, b backend, script string, seed int64, steps int, verbose bool) bool {
+func runSequence(t *testing.T, b backend, algo Algorithm, seed int64, steps int, verbose bool) bool {
 	t.Helper()
+	script := algo.String()
 	ctx := context.Background()
 	r := rand.New(rand.NewSource(seed))
-	ps := randomParams(r, script, 1+r.Intn(3))
+	ps := randomParams(r, algo, 1+r.Intn(3))
 	capa := ps[0].capacity()
 	for _, p := range ps {
 		capa = min(capa, p.capacity())
@@ -133,7 +131,7 @@ func runSequence(t *testing.T, b backend, script string, seed int64, steps int, 
 		}
 	}
 	newModels := func() *multiModel {
-		m := newMultiModel(script, ps)
+		m := newMultiModel(algo, ps)
 		copy(m.lockout, lockouts)
 		return m
 	}
@@ -194,7 +192,7 @@ func runSequence(t *testing.T, b backend, script string, seed int64, steps int, 
 		for i, at := range expireAt {
 			if at != 0 && now >= at {
 				got := model.peek(i, now)
-				want, _ := newModel(script, ps[i]).decide(0, now)
+				want, _ := newModel(algo, ps[i]).decide(0, now)
 				if got != want {
 					return fail("key %d expired at %d but its state still matters at %d: %v, empty gives %v", i, at, now, got, want)
 				}
@@ -222,7 +220,7 @@ func runSequence(t *testing.T, b backend, script string, seed int64, steps int, 
 		switch k := r.Intn(10); {
 		case k < 2:
 			mode = "atmost"
-		case k < 4 && script != "leaky_queue": // it takes no refunds
+		case k < 4 && algo != LeakyQueue: // it takes no refunds
 			mode = "refund"
 		}
 		args := append(append([]string{}, argv...), itoa(cost), itoa(now))
@@ -271,7 +269,7 @@ func runSequence(t *testing.T, b backend, script string, seed int64, steps int, 
 				} else if mode != "refund" {
 					return fail("key %d deleted by a %s", i, mode)
 				}
-				fresh, _ := newModel(script, ps[i]).decide(0, at)
+				fresh, _ := newModel(algo, ps[i]).decide(0, at)
 				if got := model.peek(i, at); got != fresh {
 					return fail("key %d deleted, but its state still matters at %d: %v, empty gives %v", i, at, got, fresh)
 				}

@@ -3,9 +3,7 @@ package luarate_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net/http/httptest"
-	"os"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -62,12 +60,12 @@ func ExampleLimiter_AllowMulti() {
 
 	perSecond := luarate.PerSecond(luarate.TokenBucket, 10)
 	perHour := luarate.PerHour(luarate.TokenBucket, 12)
+	// The third call is denied by the hourly limit (2 left, 5 asked), so the
+	// per-second bucket, though it would refill soon, is not charged either.
 	for i := 1; i <= 3; i++ {
 		res, _ := limiter.AllowMulti(context.Background(), "tenant7", 5, perSecond, perHour)
 		fmt.Printf("5 more: allowed=%v limit=%d remaining=%d\n", res.Allowed, res.Limit, res.Remaining)
 	}
-	// The third call is denied by the hourly limit (2 left, 5 asked), so the
-	// per-second bucket, though it would refill soon, is not charged either.
 	// Output:
 	// 5 more: allowed=true limit=10 remaining=5
 	// 5 more: allowed=true limit=10 remaining=0
@@ -114,49 +112,6 @@ func ExampleWithDenyCache() {
 	// allowed=false retry_after=40s asked Redis=false
 	// allowed=false retry_after=30s asked Redis=false
 	// allowed=false retry_after=20s asked Redis=false
-}
-
-// With insurance, a Redis outage is decided in the process, against this
-// instance's share of the limit (here 20/s for 4 instances: 5/s each),
-// instead of failing open or closed. The switch is logged once; when Redis
-// answers again (tried once per second), decisions go back to it.
-func ExampleWithInsurance() {
-	mr, _ := miniredis.Run()
-	client, _ := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{mr.Addr()}, DisableCache: true, ForceSingleClient: true})
-	defer client.Close()
-	// log to stdout, without the time and the error text (they vary)
-	logger := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{
-		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
-			if a.Key == slog.TimeKey || a.Key == "error" {
-				return slog.Attr{}
-			}
-			return a
-		}}))
-	now := time.UnixMilli(1_700_000_000_000)
-	limiter := luarate.New(client,
-		luarate.WithInsurance(luarate.Insurance{Instances: 4, Logger: logger}),
-		luarate.WithClock(func() time.Time { return now }))
-	defer limiter.Close() // stops the embedded server
-
-	limit := luarate.PerSecond(luarate.GCRA, 20)
-	ctx := context.Background()
-	res, _ := limiter.Allow(ctx, "user42", limit)
-	fmt.Printf("up:   allowed=%v limit=%d remaining=%d insured=%v\n", res.Allowed, res.Limit, res.Remaining, res.Insured)
-
-	mr.Close() // Redis goes away
-	for i := 0; i < 6; i++ {
-		res, err := limiter.Allow(ctx, "user42", limit)
-		fmt.Printf("down: allowed=%v limit=%d remaining=%d insured=%v err=%v\n", res.Allowed, res.Limit, res.Remaining, res.Insured, err)
-	}
-	// Output:
-	// up:   allowed=true limit=20 remaining=19 insured=false
-	// level=WARN msg="luarate: Redis unavailable, deciding on the in-process insurance" instances=4 retry=1s
-	// down: allowed=true limit=5 remaining=4 insured=true err=<nil>
-	// down: allowed=true limit=5 remaining=3 insured=true err=<nil>
-	// down: allowed=true limit=5 remaining=2 insured=true err=<nil>
-	// down: allowed=true limit=5 remaining=1 insured=true err=<nil>
-	// down: allowed=true limit=5 remaining=0 insured=true err=<nil>
-	// down: allowed=false limit=5 remaining=0 insured=true err=<nil>
 }
 
 // exampleLimiter is a Limiter on an embedded Redis whose clock the example

@@ -46,7 +46,7 @@ func TestScriptFlushAndRestart(t *testing.T) {
 	s, client := ownServer(t)
 	l := New(client)
 	ctx := context.Background()
-	algos := everyAlgorithm()
+	algos := Algorithms()
 
 	// traffic on every algorithm while another connection flushes the cache
 	var wg sync.WaitGroup
@@ -229,7 +229,7 @@ func TestClockJumps(t *testing.T) {
 	steps := []time.Duration{0, time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond, 700 * time.Millisecond}
 	skews := []time.Duration{-time.Hour, -5 * time.Second, -999 * time.Millisecond, -time.Millisecond, 0, 0, 3 * time.Second}
 	eachBackend(t, func(t *testing.T, b backend) {
-		for _, algo := range everyAlgorithm() {
+		for _, algo := range Algorithms() {
 			for _, serverClock := range []bool{false, true} {
 				if serverClock && b.mini == nil {
 					continue // a real server's clock is not ours to move
@@ -321,7 +321,7 @@ func TestMemorySoak(t *testing.T) {
 	const perAlgo = 20_000
 	l := New(client)
 	var wg sync.WaitGroup
-	for _, algo := range everyAlgorithm() {
+	for _, algo := range Algorithms() {
 		for w := 0; w < 4; w++ {
 			wg.Add(1)
 			go func() {
@@ -362,9 +362,9 @@ func TestMemorySoak(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("baseline %d B, %d keys; after %d decisions %d B (%d B/key), %d keys; %v later %d B, %d keys",
-		baseMem, baseKeys, perAlgo*len(everyAlgorithm()), peakMem, (peakMem-baseMem)/max(peakKeys, 1), peakKeys,
+		baseMem, baseKeys, perAlgo*len(Algorithms()), peakMem, (peakMem-baseMem)/max(peakKeys, 1), peakKeys,
 		time.Since(written).Round(100*time.Millisecond), endMem, endKeys)
-	require.Greater(t, peakKeys, int64(perAlgo*len(everyAlgorithm())/2), "keys expired before their period")
+	require.Greater(t, peakKeys, int64(perAlgo*len(Algorithms())/2), "keys expired before their period")
 	require.Zero(t, endKeys, "keys left after their TTL")
 	require.Less(t, endMem-baseMem, (peakMem-baseMem)/20, "memory did not return near the baseline")
 }

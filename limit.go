@@ -25,6 +25,9 @@ var ErrInvalidLimit = errors.New("invalid limit")
 // lift it. 5 failed logins per 15 minutes, then locked for an hour:
 //
 //	Limit{Algorithm: SlidingWindowLog, Rate: 5, Period: 15 * time.Minute, Lockout: time.Hour}
+//
+// The login pattern in full:
+// https://github.com/luarate/luarate/blob/main/docs/guide.md#abuse-protection
 type Limit struct {
 	Algorithm Algorithm
 	Rate      int

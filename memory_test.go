@@ -27,14 +27,14 @@ func TestMemoryUsage(t *testing.T) {
 			require.NoError(t, err)
 			require.True(t, res.Allowed)
 		}
-		_, keys, _, err := l.command(key, 0, modeTake, []Limit{lim})
+		_, keys, _, err := l.command(key, 0, OpTake, []Limit{lim})
 		require.NoError(t, err)
 		bytes, err := client.Do(ctx, client.B().MemoryUsage().Key(keys[0]).Samples(0).Build()).AsInt64()
 		require.NoError(t, err)
 		require.NoError(t, l.Reset(ctx, key, lim))
 		return bytes
 	}
-	for _, algo := range limiterAlgorithms {
+	for _, algo := range Algorithms() {
 		line := algo.String() + ":"
 		for _, n := range []int{10, 100, 1000} {
 			b := usage(algo, n, n)

@@ -35,24 +35,24 @@ type limitModel interface {
 	refund(cost, now int64, locked bool) int64
 }
 
-func newModel(algo string, p params) limitModel {
+func newModel(algo Algorithm, p params) limitModel {
 	switch algo {
-	case "fixed_window":
+	case FixedWindow:
 		return &fixedWindowModel{p: p}
-	case "token_bucket":
+	case TokenBucket:
 		return &tokenBucketModel{p: p}
-	case "gcra":
+	case GCRA:
 		return &gcraModel{p: p}
-	case "sliding_window_log":
+	case SlidingWindowLog:
 		return &slidingLogModel{p: p}
-	case "sliding_window_counter":
+	case SlidingWindowCounter:
 		return &slidingCounterModel{p: p}
-	case "leaky_bucket":
+	case LeakyBucket:
 		return &leakyBucketModel{p: p}
-	case "leaky_queue":
+	case LeakyQueue:
 		return &leakyQueueModel{p: p}
 	}
-	panic("no model for " + algo)
+	panic("no model for " + algo.String())
 }
 
 // multiModel is N limits checked all-or-nothing; the reply is the tightest:
@@ -60,14 +60,14 @@ func newModel(algo string, p params) limitModel {
 // lockout[i] (ms, 0 = none) locks limit i until locks[i] once a take is
 // denied by it.
 type multiModel struct {
-	algo    string
+	algo    Algorithm
 	params  []params
 	limits  []limitModel
 	lockout []int64
 	locks   []int64
 }
 
-func newMultiModel(algo string, ps []params) *multiModel {
+func newMultiModel(algo Algorithm, ps []params) *multiModel {
 	m := &multiModel{algo: algo, params: ps, lockout: make([]int64, len(ps)), locks: make([]int64, len(ps))}
 	for _, p := range ps {
 		m.limits = append(m.limits, newModel(algo, p))
@@ -146,7 +146,7 @@ func (m *multiModel) decideMode(mode string, cost, now int64) (reply, []reply, [
 			wrote[i] = true
 			// the script writes the state as of now along with the lock (the
 			// log only adds the lock): what a peek would commit
-			if _, c := l.decide(0, now); c != nil && m.algo != "sliding_window_log" {
+			if _, c := l.decide(0, now); c != nil && m.algo != SlidingWindowLog {
 				c()
 			}
 		}
@@ -161,7 +161,7 @@ func (m *multiModel) decideMode(mode string, cost, now int64) (reply, []reply, [
 			best = r
 		}
 	}
-	if best[0] == 1 && m.algo == "leaky_queue" {
+	if best[0] == 1 && m.algo == LeakyQueue {
 		for _, r := range each { // the request waits for its slot in every queue
 			best[5] = max(best[5], r[5])
 		}

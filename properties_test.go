@@ -28,8 +28,6 @@ func propertyLimits(algo Algorithm) []Limit {
 	return limits
 }
 
-var limiterAlgorithms = []Algorithm{FixedWindow, TokenBucket, GCRA, SlidingWindowLog, SlidingWindowCounter, LeakyBucket, LeakyQueue}
-
 // fullAfter is how long a key takes to be back to full after any traffic.
 func fullAfter(l Limit) int64 {
 	ms := l.Period.Milliseconds()
@@ -83,7 +81,7 @@ func checkPromise(t *testing.T, l Limit, adm []admission) {
 
 func TestProperties(t *testing.T) {
 	steps := 40 * fuzzScale()
-	for _, algo := range limiterAlgorithms {
+	for _, algo := range Algorithms() {
 		t.Run(algo.String(), func(t *testing.T) {
 			t.Parallel()
 			eachBackend(t, func(t *testing.T, b backend) {
@@ -223,15 +221,15 @@ func propertyRun(t *testing.T, b backend, r *rand.Rand, lim Limit, key string, s
 	require.True(t, full(do(0)), "%v: not full after %d ms of silence", lim, fullAfter(lim))
 }
 
-// TestConcurrency: 64 goroutines on several connections hammer one key at one
+// TestRaceOneInstant: 64 goroutines on several connections hammer one key at one
 // instant; exactly the capacity is admitted, never more. With two limits the
 // call is all-or-nothing: both limits are charged for exactly the admissions.
-func TestConcurrency(t *testing.T) {
+func TestRaceOneInstant(t *testing.T) {
 	clients := make([]rueidis.Client, 4)
 	for i := range clients {
 		clients[i] = realClient(t)
 	}
-	for _, algo := range limiterAlgorithms {
+	for _, algo := range Algorithms() {
 		t.Run(algo.String(), func(t *testing.T) {
 			ctx := context.Background()
 			c := &clock{ms: 1_700_000_000_000} // a window start: no previous window weighs
@@ -306,7 +304,7 @@ func TestServerClockEveryAlgorithm(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
 		l := New(b.client, WithPrefix(b.prefix))
-		for _, algo := range limiterAlgorithms {
+		for _, algo := range Algorithms() {
 			lim := Limit{Algorithm: algo, Rate: 5, Period: time.Hour}
 			first, err := l.Allow(ctx, "srv", lim)
 			require.NoError(t, err)

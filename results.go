@@ -40,9 +40,9 @@ type Result struct {
 	// a Refund(..., 2) right after returns Granted 2 and Remaining 2. Peek
 	// returns 0.
 	Granted int64
-	// Insured is true when Redis was unavailable and the Limiter's insurance
-	// decided instead, against this process's share of the limit (see
-	// WithInsurance); Limit is then the share.
+	// Insured is true when Redis was unavailable and the Limiter's Fallback
+	// decided instead (package insurance: against this process's share of
+	// the limit, which Limit then reports).
 	Insured bool
 }
 

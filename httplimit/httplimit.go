@@ -37,7 +37,7 @@
 // either policy. Refuse (a key function) gets 401.
 //
 // The third policy lives in the Limiter, so every caller of it gets it:
-// with luarate.WithInsurance, a Redis failure or timeout is decided on an
+// with insurance.With (package luarate/insurance), a Redis failure or timeout is decided on an
 // in-process copy of the scripts against this instance's share of the limit.
 // The middleware then neither fails open nor closed: it answers as usual
 // (200, or 429 with the share in X-RateLimit-Limit), the Limiter logs each

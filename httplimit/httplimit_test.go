@@ -16,6 +16,7 @@ import (
 
 	"github.com/luarate/luarate"
 	"github.com/luarate/luarate/httplimit"
+	"github.com/luarate/luarate/insurance"
 	"github.com/luarate/luarate/internal/redistest"
 	"github.com/redis/rueidis"
 	"github.com/stretchr/testify/assert"
@@ -282,7 +283,7 @@ func TestRedisStoppedInsurance(t *testing.T) {
 			var logs bytes.Buffer
 			now := time.UnixMilli(1_700_000_000_000)
 			l := luarate.New(b.stop(t), luarate.WithClock(func() time.Time { return now }),
-				luarate.WithInsurance(luarate.Insurance{Instances: 2, Logger: slog.New(slog.NewTextHandler(&logs, nil))}))
+				insurance.With(insurance.Config{Instances: 2, Logger: slog.New(slog.NewTextHandler(&logs, nil))}))
 			defer l.Close()
 			var obs recorder
 			h := middleware(l, luarate.PerSecond(luarate.GCRA, 10), httplimit.WithObserver(obs.observe),
@@ -403,7 +404,7 @@ func TestHungRedisTimesOut(t *testing.T) {
 
 // 64 clients at once through a real HTTP server: exactly the limit gets
 // through, the rest get 429.
-func TestConcurrentExactlyTheLimit(t *testing.T) {
+func TestRaceExactlyTheLimit(t *testing.T) {
 	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
 		const limit, workers, each = 50, 64, 4
 		h := middleware(luarate.New(client, luarate.WithPrefix(prefix)), luarate.PerHour(luarate.GCRA, limit),

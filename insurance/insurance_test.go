@@ -1,10 +1,13 @@
-package luarate
+package insurance
 
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,7 +16,9 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2/server"
+	"github.com/luarate/luarate"
 	"github.com/luarate/luarate/internal/redistest"
+	"github.com/redis/rueidis"
 	"github.com/stretchr/testify/require"
 )
 
@@ -61,81 +66,133 @@ func (w *wallClock) add(d time.Duration) {
 	w.t = w.t.Add(d)
 }
 
-// insuredLimiter returns a Limiter with insurance for instances processes,
-// whose scripts see c and whose Retry runs on the returned wall clock.
-func insuredLimiter(t *testing.T, b backend, c *clock, instances int) (*Limiter, *wallClock, *logBuffer) {
+// insured is a Limiter with its insurance, for tests that look inside it.
+type insured struct {
+	*luarate.Limiter
+	ins *insurance
+}
+
+// insuredLimiter returns a Limiter on client with insurance for instances
+// processes, whose keys start with prefix, whose scripts see c and whose
+// Retry runs on the returned wall clock.
+func insuredLimiter(t *testing.T, client rueidis.Client, prefix string, c *clock, instances int, opts ...luarate.Option) (*insured, *wallClock, *logBuffer) {
 	t.Helper()
 	logs := &logBuffer{}
-	l := New(b.client, WithPrefix(b.prefix), WithClock(c.now), WithInsurance(Insurance{
-		Instances: instances,
-		Logger:    slog.New(slog.NewTextHandler(logs, nil)),
-	}))
-	t.Cleanup(l.Close)
+	ins := newInsurance(Config{Instances: instances, Retry: DefaultRetry, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	wall := &wallClock{t: time.Unix(1_000_000, 0)}
-	l.insurance.wall = wall.now
+	ins.wall = wall.now
+	opts = append([]luarate.Option{luarate.WithPrefix(prefix), luarate.WithClock(c.now), luarate.WithFallback(ins)}, opts...)
+	l := &insured{Limiter: luarate.New(client, opts...), ins: ins}
+	t.Cleanup(l.Close)
 	return l, wall, logs
 }
 
 // embeddedKeys returns the keys held by l's insurance server (none if it was
 // never started).
-func embeddedKeys(l *Limiter) []string {
-	l.insurance.mu.Lock()
-	defer l.insurance.mu.Unlock()
+func embeddedKeys(l *insured) []string {
+	l.ins.mu.Lock()
+	defer l.ins.mu.Unlock()
 	var keys []string
-	for _, e := range l.insurance.shards {
+	for _, e := range l.ins.shards {
 		keys = append(keys, e.mini.Keys()...)
 	}
 	return keys
 }
 
-func TestShareArgs(t *testing.T) {
+func uniquePrefix() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return "t" + hex.EncodeToString(b) + ":"
+}
+
+// clock is a settable time for WithClock.
+type clock struct{ ms atomic.Int64 }
+
+func newClock() *clock {
+	c := &clock{}
+	c.ms.Store(1_700_000_000_000)
+	return c
+}
+
+func (c *clock) now() time.Time      { return time.UnixMilli(c.ms.Load()) }
+func (c *clock) add(d time.Duration) { c.ms.Add(d.Milliseconds()) }
+
+// ownServer starts a redis-server only this test uses, so it may kill and
+// restart it. It skips loudly without redis-server, fails under CI.
+func ownServer(t *testing.T) (*redistest.Server, rueidis.Client) {
+	t.Helper()
+	s, err := redistest.Start()
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI needs real Redis: %v", err)
+		}
+		t.Skipf("SKIPPED: no real Redis: %v", err)
+	}
+	t.Cleanup(s.Stop)
+	return s, redistest.Client(t, s.Addr)
+}
+
+func TestShare(t *testing.T) {
+	const tb, fw = luarate.TokenBucket, luarate.FixedWindow
+	lim := func(algo luarate.Algorithm, rate int, period time.Duration, burst int) luarate.Limit {
+		return luarate.Limit{Algorithm: algo, Rate: rate, Period: period, Burst: burst}
+	}
 	cases := []struct {
 		name      string
-		args      []string
-		nlimits   int
+		call      luarate.Call
 		instances int
-		want      []string
+		want      []luarate.Limit
+		n         int
 		err       string
 	}{
-		{"window, burst 0 stays 0", []string{"100", "1000", "0", "1"}, 1, 4, []string{"25", "1000", "0", "1"}, ""},
-		{"burst equal to rate stays equal", []string{"10", "1000", "10", "1"}, 1, 3, []string{"3", "1000", "3", "1"}, ""},
-		{"bucket: rate and burst each divided", []string{"10", "1000", "50", "5"}, 1, 4, []string{"2", "1000", "12", "5"}, ""},
-		{"rounded down, at least 1", []string{"3", "60000", "0", "1"}, 1, 4, []string{"1", "60000", "0", "1"}, ""},
-		{"several limits, now_ms kept", []string{"10", "1000", "0", "1000", "3600000", "0", "1", "1700000000000"}, 2, 4,
-			[]string{"2", "1000", "0", "250", "3600000", "0", "1", "1700000000000"}, ""},
-		{"one instance: unchanged", []string{"10", "1000", "50", "50"}, 1, 1, []string{"10", "1000", "50", "50"}, ""},
-		{"cost above the share", []string{"100", "1000", "0", "30"}, 1, 4, nil, "cost 30 exceeds this process's share 25 of limit 1"},
-		{"cost above the share of the second limit", []string{"100", "1000", "0", "8", "60000", "0", "3"}, 2, 4, nil, "share 2 of limit 2"},
-		{"atmost: a cost above the share is cut to it", []string{"100", "1000", "0", "30", "", "atmost"}, 1, 4, []string{"25", "1000", "0", "25", "", "atmost"}, ""},
-		{"refund: cut to the smallest share, lockouts kept", []string{"100", "1000", "0", "8", "60000", "0", "30", "", "refund", "0", "5000"}, 2, 4,
-			[]string{"25", "1000", "0", "2", "60000", "0", "2", "", "refund", "0", "5000"}, ""},
-		{"take is all or nothing", []string{"100", "1000", "0", "30", "", "take"}, 1, 4, nil, "cost 30 exceeds this process's share 25 of limit 1"},
+		{"window, burst 0 stays 0", luarate.Call{N: 1, Limits: []luarate.Limit{lim(fw, 100, time.Second, 0)}}, 4,
+			[]luarate.Limit{lim(fw, 25, time.Second, 0)}, 1, ""},
+		{"burst equal to rate stays equal", luarate.Call{N: 1, Limits: []luarate.Limit{lim(fw, 10, time.Second, 10)}}, 3,
+			[]luarate.Limit{lim(fw, 3, time.Second, 3)}, 1, ""},
+		{"bucket: rate and burst each divided", luarate.Call{N: 5, Limits: []luarate.Limit{lim(tb, 10, time.Second, 50)}}, 4,
+			[]luarate.Limit{lim(tb, 2, time.Second, 12)}, 5, ""},
+		{"rounded down, at least 1", luarate.Call{N: 1, Limits: []luarate.Limit{lim(fw, 3, time.Minute, 0)}}, 4,
+			[]luarate.Limit{lim(fw, 1, time.Minute, 0)}, 1, ""},
+		{"several limits", luarate.Call{N: 1, Limits: []luarate.Limit{lim(tb, 10, time.Second, 0), lim(tb, 1000, time.Hour, 0)}}, 4,
+			[]luarate.Limit{lim(tb, 2, time.Second, 0), lim(tb, 250, time.Hour, 0)}, 1, ""},
+		{"one instance: unchanged", luarate.Call{N: 50, Limits: []luarate.Limit{lim(tb, 10, time.Second, 50)}}, 1,
+			[]luarate.Limit{lim(tb, 10, time.Second, 50)}, 50, ""},
+		{"take is all or nothing", luarate.Call{N: 30, Limits: []luarate.Limit{lim(fw, 100, time.Second, 0)}}, 4,
+			nil, 0, "cost 30 exceeds this process's share 25 of limit 1"},
+		{"cost above the share of the second limit", luarate.Call{N: 3, Limits: []luarate.Limit{lim(tb, 100, time.Second, 0), lim(tb, 8, time.Minute, 0)}}, 4,
+			nil, 0, "share 2 of limit 2"},
+		{"atmost: a cost above the share is cut to it", luarate.Call{N: 30, Op: luarate.OpAtMost, Limits: []luarate.Limit{lim(fw, 100, time.Second, 0)}}, 4,
+			[]luarate.Limit{lim(fw, 25, time.Second, 0)}, 25, ""},
+		{"refund: cut to the share, lockout kept", luarate.Call{N: 30, Op: luarate.OpRefund, Limits: []luarate.Limit{{Algorithm: tb, Rate: 8, Period: time.Minute, Lockout: 5 * time.Second}}}, 4,
+			[]luarate.Limit{{Algorithm: tb, Rate: 2, Period: time.Minute, Lockout: 5 * time.Second}}, 2, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			orig := append([]string(nil), tc.args...)
-			got, err := shareArgs(tc.args, tc.nlimits, tc.instances)
+			orig := append([]luarate.Limit(nil), tc.call.Limits...)
+			got, n, err := share(tc.call, tc.instances)
 			if tc.err != "" {
 				require.ErrorContains(t, err, tc.err)
 				return
 			}
 			require.NoError(t, err)
 			require.Equal(t, tc.want, got)
-			require.Equal(t, orig, tc.args, "the caller's ARGV must not change")
+			require.Equal(t, tc.n, n)
+			require.Equal(t, orig, tc.call.Limits, "the caller's limits must not change")
 		})
 	}
 }
 
-func TestWithInsuranceValidates(t *testing.T) {
-	require.PanicsWithValue(t, "luarate: WithInsurance: Instances must be at least 1, got 0", func() { WithInsurance(Insurance{}) })
-	require.PanicsWithValue(t, "luarate: WithInsurance: Instances must be at least 1, got -2", func() { WithInsurance(Insurance{Instances: -2}) })
-	require.PanicsWithValue(t, "luarate: WithInsurance: Retry must not be negative, got -1s", func() { WithInsurance(Insurance{Instances: 2, Retry: -time.Second}) })
-	l := New(nil, WithInsurance(Insurance{Instances: 2}))
-	require.Equal(t, DefaultInsuranceRetry, l.insurance.config.Retry)
-	require.NotNil(t, l.insurance.config.Logger)
+func TestWithValidates(t *testing.T) {
+	require.PanicsWithValue(t, "insurance.With: Instances must be at least 1, got 0", func() { With(Config{}) })
+	require.PanicsWithValue(t, "insurance.With: Instances must be at least 1, got -2", func() { With(Config{Instances: -2}) })
+	require.PanicsWithValue(t, "insurance.With: Retry must not be negative, got -1s", func() { With(Config{Instances: 2, Retry: -time.Second}) })
+	cfg := Config{Instances: 2}.checked()
+	require.Equal(t, DefaultRetry, cfg.Retry)
+	require.NotNil(t, cfg.Logger)
+	_, client := redistest.Mini(t)
+	l := luarate.New(client, With(cfg))
 	l.Close()
-	l.Close()        // twice is fine
-	New(nil).Close() // and without insurance
+	l.Close() // twice is fine
 }
 
 // TestInsuranceOutage: with the main Redis (a miniredis here) closed, every
@@ -144,12 +201,12 @@ func TestWithInsuranceValidates(t *testing.T) {
 // not tried again; then the next call finds it back and decisions return to
 // it. Each switch is logged once.
 func TestInsuranceOutage(t *testing.T) {
-	for _, algo := range everyAlgorithm() {
+	for _, algo := range luarate.Algorithms() {
 		t.Run(algo.String(), func(t *testing.T) {
 			main, client := redistest.Mini(t)
-			c := &clock{ms: 1_700_000_000_000}
-			l, wall, logs := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 4)
-			limit := PerSecond(algo, 20) // a share of 5 per process
+			c := newClock()
+			l, wall, logs := insuredLimiter(t, client, uniquePrefix(), c, 4)
+			limit := luarate.PerSecond(algo, 20) // a share of 5 per process
 			ctx := context.Background()
 
 			res, err := l.Allow(ctx, "before", limit)
@@ -184,7 +241,7 @@ func TestInsuranceOutage(t *testing.T) {
 
 			probes := 0
 			for res.Insured && probes < 3 { // the first probe may meet the dead connection
-				wall.add(DefaultInsuranceRetry)
+				wall.add(DefaultRetry)
 				probes++
 				res, err = l.Allow(ctx, "k", limit)
 				require.NoError(t, err)
@@ -205,8 +262,8 @@ func TestInsuranceOutage(t *testing.T) {
 // logged again.
 func TestInsuranceProbe(t *testing.T) {
 	main, client := redistest.Mini(t)
-	c := &clock{ms: 1_700_000_000_000}
-	l, wall, logs := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
+	c := newClock()
+	l, wall, logs := insuredLimiter(t, client, uniquePrefix(), c, 2)
 	var tries atomic.Int64
 	main.Server().SetPreHook(func(p *server.Peer, cmd string, _ ...string) bool {
 		if cmd != "EVALSHA" && cmd != "EVAL" {
@@ -219,9 +276,9 @@ func TestInsuranceProbe(t *testing.T) {
 	ctx := context.Background()
 	for i := 0; i < 50; i++ {
 		if i%10 == 9 {
-			wall.add(DefaultInsuranceRetry)
+			wall.add(DefaultRetry)
 		}
-		res, err := l.Allow(ctx, "k", PerSecond(GCRA, 1000))
+		res, err := l.Allow(ctx, "k", luarate.PerSecond(luarate.GCRA, 1000))
 		require.NoError(t, err)
 		require.True(t, res.Insured)
 	}
@@ -236,7 +293,7 @@ func TestInsuranceProbe(t *testing.T) {
 // outage ended does not start a new one; the probe does.
 func TestInsuranceSwitchGenerations(t *testing.T) {
 	logs := &logBuffer{}
-	ins := New(nil, WithInsurance(Insurance{Instances: 2, Logger: slog.New(slog.NewTextHandler(logs, nil))})).insurance
+	ins := newInsurance(Config{Instances: 2, Retry: DefaultRetry, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	wall := &wallClock{t: time.Unix(1_000_000, 0)}
 	ins.wall = wall.now
 
@@ -250,7 +307,7 @@ func TestInsuranceSwitchGenerations(t *testing.T) {
 
 	_, try = ins.route()
 	require.False(t, try, "tried Redis during the cool-down")
-	wall.add(DefaultInsuranceRetry)
+	wall.add(DefaultRetry)
 	probe, try := ins.route()
 	require.True(t, try)
 	_, try = ins.route()
@@ -265,12 +322,12 @@ func TestInsuranceSwitchGenerations(t *testing.T) {
 
 // TestInsuranceMultiAndReset: AllowMulti on the insurance scales each limit
 // and stays all-or-nothing; Reset during the outage clears the insured state
-// and returns nil; a cost above the share is an ErrUnavailable error.
+// and returns nil; a cost above the share is an luarate.ErrUnavailable error.
 func TestInsuranceMultiAndReset(t *testing.T) {
 	main, client := redistest.Mini(t)
-	c := &clock{ms: 1_700_000_000_000}
-	l, _, _ := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 4)
-	perSecond, perMinute := PerSecond(TokenBucket, 40), PerMinute(TokenBucket, 48) // shares 10 and 12
+	c := newClock()
+	l, _, _ := insuredLimiter(t, client, uniquePrefix(), c, 4)
+	perSecond, perMinute := luarate.PerSecond(luarate.TokenBucket, 40), luarate.PerMinute(luarate.TokenBucket, 48) // shares 10 and 12
 	main.Close()
 	ctx := context.Background()
 
@@ -297,7 +354,7 @@ func TestInsuranceMultiAndReset(t *testing.T) {
 	require.True(t, res.Allowed, "Reset cleared the insured per-minute state")
 
 	_, err = l.AllowN(ctx, "big", perSecond, 11) // fits the limit, not the share
-	require.ErrorIs(t, err, ErrUnavailable)
+	require.ErrorIs(t, err, luarate.ErrUnavailable)
 	require.ErrorContains(t, err, "exceeds this process's share 10")
 }
 
@@ -306,13 +363,13 @@ func TestInsuranceMultiAndReset(t *testing.T) {
 // holds only the keys still alive, as real Redis would.
 func TestInsuranceMemoryBounded(t *testing.T) {
 	main, client := redistest.Mini(t)
-	c := &clock{ms: 1_700_000_000_000}
-	l, _, _ := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
+	c := newClock()
+	l, _, _ := insuredLimiter(t, client, uniquePrefix(), c, 2)
 	main.Close()
 	ctx := context.Background()
 	for minute := 0; minute < 10; minute++ {
 		for i := 0; i < 200; i++ {
-			res, err := l.Allow(ctx, "client"+strconv.Itoa(minute*200+i), PerSecond(GCRA, 10))
+			res, err := l.Allow(ctx, "client"+strconv.Itoa(minute*200+i), luarate.PerSecond(luarate.GCRA, 10))
 			require.NoError(t, err)
 			require.True(t, res.Insured)
 			require.True(t, res.Allowed)
@@ -320,10 +377,10 @@ func TestInsuranceMemoryBounded(t *testing.T) {
 		require.LessOrEqual(t, len(embeddedKeys(l)), 400, "minute %d: keys pile up", minute)
 		c.add(time.Minute)
 	}
-	// GCRA state lives at most a period (1s) past the last call, plus one
+	// luarate.GCRA state lives at most a period (1s) past the last call, plus one
 	// sweep interval
 	c.add(time.Second + sweepEvery)
-	_, err := l.Allow(ctx, "last", PerSecond(GCRA, 10))
+	_, err := l.Allow(ctx, "last", luarate.PerSecond(luarate.GCRA, 10))
 	require.NoError(t, err)
 	require.Len(t, embeddedKeys(l), 1)
 }
@@ -331,59 +388,59 @@ func TestInsuranceMemoryBounded(t *testing.T) {
 // TestInsuranceCancelled: a context the caller cancelled says nothing about
 // Redis: the call returns its error and the Limiter does not switch.
 func TestInsuranceCancelled(t *testing.T) {
-	main, client := redistest.Mini(t)
-	c := &clock{ms: 1_700_000_000_000}
-	l, _, logs := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
+	_, client := redistest.Mini(t)
+	c := newClock()
+	l, _, logs := insuredLimiter(t, client, uniquePrefix(), c, 2)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := l.Allow(ctx, "k", PerSecond(GCRA, 10))
+	_, err := l.Allow(ctx, "k", luarate.PerSecond(luarate.GCRA, 10))
 	require.ErrorIs(t, err, context.Canceled)
-	require.False(t, l.insurance.on.Load())
+	require.False(t, l.ins.on.Load())
 	require.Zero(t, logs.lines(logDown))
 }
 
 // TestInsuranceExpiredContext: a context whose deadline passed before the
 // call says nothing about Redis, so it switches nothing.
 func TestInsuranceExpiredContext(t *testing.T) {
-	main, client := redistest.Mini(t)
-	c := &clock{ms: 1_700_000_000_000}
-	l, _, logs := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
+	_, client := redistest.Mini(t)
+	c := newClock()
+	l, _, logs := insuredLimiter(t, client, uniquePrefix(), c, 2)
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel()
-	_, err := l.Allow(ctx, "k", PerSecond(GCRA, 10))
+	_, err := l.Allow(ctx, "k", luarate.PerSecond(luarate.GCRA, 10))
 	require.ErrorIs(t, err, context.DeadlineExceeded)
-	require.NoError(t, l.Reset(context.Background(), "k", PerSecond(GCRA, 10)))
-	require.ErrorIs(t, l.Reset(ctx, "k", PerSecond(GCRA, 10)), context.DeadlineExceeded)
-	require.False(t, l.insurance.on.Load(), "other callers keep deciding in Redis")
+	require.NoError(t, l.Reset(context.Background(), "k", luarate.PerSecond(luarate.GCRA, 10)))
+	require.ErrorIs(t, l.Reset(ctx, "k", luarate.PerSecond(luarate.GCRA, 10)), context.DeadlineExceeded)
+	require.False(t, l.ins.on.Load(), "other callers keep deciding in Redis")
 	require.Zero(t, logs.lines(logDown))
-	res, err := l.Allow(context.Background(), "k", PerSecond(GCRA, 10))
+	res, err := l.Allow(context.Background(), "k", luarate.PerSecond(luarate.GCRA, 10))
 	require.NoError(t, err)
 	require.False(t, res.Insured)
 }
 
-// TestNoInsuranceStillUnavailable: without WithInsurance an outage is the
-// caller's ErrUnavailable error, as before.
+// TestNoInsuranceStillUnavailable: without insurance an outage is the
+// caller's luarate.ErrUnavailable error, as before.
 func TestNoInsuranceStillUnavailable(t *testing.T) {
 	main, client := redistest.Mini(t)
-	l := New(client)
+	l := luarate.New(client)
 	main.Close()
-	res, err := l.Allow(context.Background(), "k", PerSecond(GCRA, 10))
-	require.ErrorIs(t, err, ErrUnavailable)
+	res, err := l.Allow(context.Background(), "k", luarate.PerSecond(luarate.GCRA, 10))
+	require.ErrorIs(t, err, luarate.ErrUnavailable)
 	require.False(t, res.Insured)
-	require.Error(t, l.Reset(context.Background(), "k", PerSecond(GCRA, 10)))
+	require.Error(t, l.Reset(context.Background(), "k", luarate.PerSecond(luarate.GCRA, 10)))
 }
 
-// TestInsuranceClosed: after Close an outage is an ErrUnavailable error again.
+// TestInsuranceClosed: after Close an outage is an luarate.ErrUnavailable error again.
 func TestInsuranceClosed(t *testing.T) {
 	main, client := redistest.Mini(t)
-	c := &clock{ms: 1_700_000_000_000}
-	l, _, _ := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
+	c := newClock()
+	l, _, _ := insuredLimiter(t, client, uniquePrefix(), c, 2)
 	main.Close()
-	_, err := l.Allow(context.Background(), "k", PerSecond(GCRA, 10))
+	_, err := l.Allow(context.Background(), "k", luarate.PerSecond(luarate.GCRA, 10))
 	require.NoError(t, err)
 	l.Close()
-	_, err = l.Allow(context.Background(), "k", PerSecond(GCRA, 10))
-	require.ErrorIs(t, err, ErrUnavailable)
+	_, err = l.Allow(context.Background(), "k", luarate.PerSecond(luarate.GCRA, 10))
+	require.ErrorIs(t, err, luarate.ErrUnavailable)
 	require.ErrorContains(t, err, "limiter closed")
 
 	// Redis back: a closed Limiter decides and resets in Redis as any other
@@ -393,11 +450,11 @@ func TestInsuranceClosed(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return client.Do(context.Background(), client.B().Ping().Build()).Error() == nil
 	}, 10*time.Second, 10*time.Millisecond, "the client reconnects")
-	res, err := l.Allow(context.Background(), "k", PerSecond(GCRA, 10))
+	res, err := l.Allow(context.Background(), "k", luarate.PerSecond(luarate.GCRA, 10))
 	require.NoError(t, err)
 	require.False(t, res.Insured)
 	require.NotEmpty(t, main.Keys())
-	require.NoError(t, l.Reset(context.Background(), "k", PerSecond(GCRA, 10)))
+	require.NoError(t, l.Reset(context.Background(), "k", luarate.PerSecond(luarate.GCRA, 10)))
 	require.Empty(t, main.Keys(), "the reset reached Redis")
 }
 
@@ -408,9 +465,9 @@ func TestInsuranceClosed(t *testing.T) {
 // both switches are logged once.
 func TestInsuranceRealRedis(t *testing.T) {
 	s, client := ownServer(t)
-	c := &clock{ms: 1_700_000_000_000}
-	l, wall, logs := insuredLimiter(t, backend{client: client, prefix: uniquePrefix()}, c, 3)
-	limit := PerMinute(GCRA, 30) // a share of 10 per process
+	c := newClock()
+	l, wall, logs := insuredLimiter(t, client, uniquePrefix(), c, 3)
+	limit := luarate.PerMinute(luarate.GCRA, 30) // a share of 10 per process
 
 	var wg sync.WaitGroup
 	var calls, insured atomic.Int64
@@ -452,7 +509,7 @@ func TestInsuranceRealRedis(t *testing.T) {
 	wg.Wait()
 	t.Logf("%d calls, %d on the insurance", calls.Load(), insured.Load())
 	require.Positive(t, insured.Load())
-	require.True(t, l.insurance.on.Load())
+	require.True(t, l.ins.on.Load())
 
 	// a fresh key during the outage: exactly the share of 10, from many goroutines
 	var allowed, denied atomic.Int64
@@ -479,8 +536,8 @@ func TestInsuranceRealRedis(t *testing.T) {
 	require.EqualValues(t, 30, denied.Load())
 
 	require.NoError(t, s.Restart())
-	wall.add(DefaultInsuranceRetry)
-	var res Result
+	wall.add(DefaultRetry)
+	var res luarate.Result
 	var err error
 	for attempt := 0; attempt < 5; attempt++ { // the first calls may meet the dead connection
 		res, err = l.Allow(context.Background(), "fresh", limit)
@@ -488,7 +545,7 @@ func TestInsuranceRealRedis(t *testing.T) {
 		if !res.Insured {
 			break
 		}
-		wall.add(DefaultInsuranceRetry)
+		wall.add(DefaultRetry)
 	}
 	require.False(t, res.Insured, "decisions did not go back to Redis")
 	require.True(t, res.Allowed, "the restarted Redis has no state for the key")
@@ -504,14 +561,9 @@ func TestInsuranceRealRedis(t *testing.T) {
 // Redis is back, the key is asked in Redis.
 func TestInsuranceDenialsNotCached(t *testing.T) {
 	main, client := redistest.Mini(t)
-	c := &clock{ms: 1_700_000_000_000}
-	wall := &wallClock{t: time.Unix(1_000_000, 0)}
-	l := New(client, WithClock(c.now), WithDenyCache(100), WithInsurance(Insurance{
-		Instances: 2, Logger: slog.New(slog.NewTextHandler(&logBuffer{}, nil)),
-	}))
-	defer l.Close()
-	l.insurance.wall = wall.now
-	limit := PerMinute(GCRA, 2) // a share of 1
+	c := newClock()
+	l, wall, _ := insuredLimiter(t, client, uniquePrefix(), c, 2, luarate.WithDenyCache(100))
+	limit := luarate.PerMinute(luarate.GCRA, 2) // a share of 1
 	ctx := context.Background()
 	main.Close()
 	for i, want := range []bool{true, false} {
@@ -521,13 +573,131 @@ func TestInsuranceDenialsNotCached(t *testing.T) {
 		require.Equal(t, want, res.Allowed, "call %d", i+1)
 	}
 	require.NoError(t, main.Restart())
-	var res Result
+	var res luarate.Result
 	for probes := 0; probes < 3 && (probes == 0 || res.Insured); probes++ {
-		wall.add(DefaultInsuranceRetry)
+		wall.add(DefaultRetry)
 		var err error
 		res, err = l.Allow(ctx, "k", limit)
 		require.NoError(t, err)
 	}
 	require.False(t, res.Insured)
 	require.True(t, res.Allowed, "answered from the insurance's denial")
+}
+
+// TestInsuranceHandBack kills a real redis-server under 64 goroutines spread
+// over 4 instances and restarts it: no call decides on insurance state the
+// switch back to Redis already cleared, so over the outage each instance
+// admits at most its share on the insurance, however many calls were on
+// their way to it when Redis came back.
+func TestInsuranceHandBack(t *testing.T) {
+	s, client := ownServer(t)
+	c := newClock() // fixed: nothing refills during the test
+	wall := &wallClock{t: time.Unix(1_000_000, 0)}
+	limit := luarate.PerHour(luarate.FixedWindow, 40) // a share of 10 per instance
+	const instances, perInstance = 4, 16
+	type instance struct {
+		*insured
+		logs            *logBuffer
+		calls, admitted atomic.Int64 // admitted: by the insurance
+		lastInsured     atomic.Bool
+	}
+	var inst [instances]*instance
+	for i := range inst {
+		l, _, logs := insuredLimiter(t, client, "handback:", c, instances)
+		l.ins.wall = wall.now // all on one Retry clock, moved by hand
+		inst[i] = &instance{insured: l, logs: logs}
+	}
+
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for _, in := range inst {
+		for range perInstance {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 20_000 { // bounded; stopped long before
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+					res, err := in.Allow(ctx, "hot", limit)
+					cancel()
+					if err != nil {
+						t.Errorf("call: %v", err)
+						return
+					}
+					in.calls.Add(1)
+					in.lastInsured.Store(res.Insured)
+					if res.Insured && res.Allowed {
+						in.admitted.Add(1)
+					}
+				}
+			}()
+		}
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				close(stop)
+				wg.Wait()
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	every := func(f func(in *instance) bool) func() bool {
+		return func() bool {
+			for _, in := range inst {
+				if !f(in) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	waitFor("traffic", every(func(in *instance) bool { return in.calls.Load() > 100 }))
+	s.Kill()
+	var mark [instances]int64
+	waitFor("the insurance", every(func(in *instance) bool { return in.ins.on.Load() }))
+	for i, in := range inst {
+		mark[i] = in.calls.Load()
+	}
+	waitFor("insured traffic", func() bool {
+		for i, in := range inst {
+			if in.calls.Load() < mark[i]+200 {
+				return false
+			}
+		}
+		return true
+	})
+	require.NoError(t, s.Restart())
+	require.Eventually(t, func() bool {
+		return client.Do(context.Background(), client.B().Ping().Build()).Error() == nil
+	}, 10*time.Second, time.Millisecond, "the client reconnects")
+	wall.add(DefaultRetry) // the next call of each instance tries Redis
+	waitFor("the switch back", every(func(in *instance) bool { return !in.ins.on.Load() }))
+	for i, in := range inst {
+		mark[i] = in.calls.Load()
+	}
+	waitFor("traffic on Redis", func() bool {
+		for i, in := range inst {
+			if in.calls.Load() < mark[i]+200 || in.lastInsured.Load() {
+				return false
+			}
+		}
+		return true
+	})
+	close(stop)
+	wg.Wait()
+
+	for i, in := range inst {
+		outages := int64(in.logs.lines(logDown))
+		t.Logf("instance %d: %d calls, %d admitted by the insurance in %d outage(s)", i, in.calls.Load(), in.admitted.Load(), outages)
+		require.Equal(t, int64(1), outages, in.logs.String())
+		require.LessOrEqual(t, in.admitted.Load(), 10*outages, "instance %d admitted more than its share on the insurance", i)
+	}
 }
