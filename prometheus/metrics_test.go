@@ -11,6 +11,7 @@ import (
 
 	"github.com/luarate/luarate"
 	"github.com/luarate/luarate/httplimit"
+	"github.com/luarate/luarate/insurance"
 	"github.com/luarate/luarate/internal/redistest"
 	luarateprom "github.com/luarate/luarate/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,7 +47,7 @@ func TestRedisErrorsAndInsurance(t *testing.T) {
 
 	now := time.UnixMilli(1_700_000_000_000)
 	insured := luarate.New(client, luarate.WithClock(func() time.Time { return now }),
-		luarate.WithInsurance(luarate.Insurance{Instances: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+		insurance.With(insurance.Config{Instances: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
 	defer insured.Close()
 	h := httplimit.Middleware(insured, limits, httplimit.WithScope("insured"), httplimit.WithObserver(metrics.Observe), quiet)(ok)
 	assert.Equal(t, []int{200, 200, 429}, []int{get(h), get(h), get(h)})

@@ -23,6 +23,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/luarate/luarate"
+	"github.com/luarate/luarate/insurance"
 	"github.com/luarate/luarate/internal/redistest"
 	"github.com/redis/rueidis"
 	"github.com/stretchr/testify/assert"
@@ -491,7 +492,7 @@ func TestServeRedisTroubleAnsweredAlike(t *testing.T) {
 	}
 	assert.Equal(t, 200, demoRequest(open, "GET", "/api/data", "192.0.2.1:1").Code, "the API fails open by default")
 
-	ins := luarate.New(stoppedClient(t), luarate.WithInsurance(luarate.Insurance{Instances: 2, Logger: logger}))
+	ins := luarate.New(stoppedClient(t), insurance.With(insurance.Config{Instances: 2, Logger: logger}))
 	defer ins.Close()
 	insured := demoAPI(ins, serveConfig{algo: luarate.GCRA, logger: logger})
 	w := demoRequest(insured, "GET", "/api/data", "192.0.2.1:1")

@@ -16,6 +16,7 @@ import (
 
 	"github.com/luarate/luarate"
 	"github.com/luarate/luarate/httplimit"
+	"github.com/luarate/luarate/insurance"
 )
 
 const serveHelp = `Usage: luarate serve [flags]
@@ -93,12 +94,12 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	})
 	fs.BoolVar(&cfg.failClosed, "fail-closed", false, "answer 503 on the API routes when Redis fails (default: serve them; /login always refuses)")
-	insurance := fs.Int("insurance", 0, "keep limiting when Redis fails, on this process's share: limits divided by `N` replicas (0 = off)")
+	insured := fs.Int("insurance", 0, "keep limiting when Redis fails, on this process's share: limits divided by `N` replicas (0 = off)")
 	if err := parseFlags(fs, args, serveHelp, stdout); err != nil {
 		return err
 	}
-	if *insurance < 0 {
-		return usageError{fmt.Errorf("serve: -insurance must be 0 (off) or the number of replicas, got %d", *insurance)}
+	if *insured < 0 {
+		return usageError{fmt.Errorf("serve: -insurance must be 0 (off) or the number of replicas, got %d", *insured)}
 	}
 	b, err := connect(ctx, *redis, true)
 	if err != nil {
@@ -110,8 +111,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("serve: %v", err)
 	}
 	opts := []luarate.Option{luarate.WithPrefix("demo:")}
-	if *insurance > 0 {
-		opts = append(opts, luarate.WithInsurance(luarate.Insurance{Instances: *insurance, Logger: cfg.logger}))
+	if *insured > 0 {
+		opts = append(opts, insurance.With(insurance.Config{Instances: *insured, Logger: cfg.logger}))
 	}
 	limiter := luarate.New(b.client, opts...)
 	defer limiter.Close()

@@ -67,14 +67,14 @@ func main() {
 }
 
 // newServer is the example's API: a limited route and /metrics, which reads
-// reg.
-func newServer(l *luarate.Limiter, reg *prometheus.Registry) (http.Handler, error) {
+// reg. opts are added to the middleware's.
+func newServer(l *luarate.Limiter, reg *prometheus.Registry, opts ...httplimit.Option) (http.Handler, error) {
 	metrics, err := luarateprom.New(reg)
 	if err != nil {
 		return nil, err
 	}
 	limit := httplimit.Middleware(l, luarate.MustParseLimits("5/minute;100/hour", luarate.GCRA),
-		httplimit.WithObserver(metrics.Observe))
+		append([]httplimit.Option{httplimit.WithObserver(metrics.Observe)}, opts...)...)
 	mux := http.NewServeMux()
 	mux.Handle("GET /api/hello", limit(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, `{"hello":"world"}`)

@@ -1,13 +1,16 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/luarate/luarate"
+	"github.com/luarate/luarate/httplimit"
 	"github.com/luarate/luarate/internal/redistest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/rueidis"
@@ -32,7 +35,9 @@ func TestScrapeAfterDecisions(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			h, err := newServer(luarate.New(client(t), luarate.WithPrefix(t.Name()+":")), prometheus.NewRegistry())
+			// a generous decision timeout: a slow CI machine must not fail open
+			h, err := newServer(luarate.New(client(t), luarate.WithPrefix(fmt.Sprintf("prom%d:", time.Now().UnixNano()))), prometheus.NewRegistry(),
+				httplimit.WithTimeout(10*time.Second))
 			require.NoError(t, err)
 			srv := httptest.NewServer(h)
 			defer srv.Close()
