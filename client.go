@@ -159,9 +159,8 @@ func (l *Limiter) Penalize(ctx context.Context, key string, limit Limit, n int) 
 // Use it to count only some outcomes, such as failed logins: take one unit
 // when a login is attempted (denied: answer 429), and refund it when the
 // password was right, so only failures use up the limit and trigger its
-// Lockout. Refund does not lift a lock: the lock punishes failures that
-// already happened, and if a success could lift it, anyone with one valid
-// account could clear a lock at will. Reset does.
+// Lockout. Refund does not lift a lock; Reset does. Why:
+// https://github.com/luarate/luarate/blob/main/docs/guide.md#abuse-protection
 //
 // Refund drops the key's entries in this Limiter's deny cache. For
 // SlidingWindowLog it removes the newest n entries in the window, as if those

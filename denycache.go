@@ -12,25 +12,16 @@ import (
 // key that keeps calling while denied costs Redis nothing until its retry
 // time. The default is off.
 //
-// When Redis denies a request of cost n with RetryAfter T, every request of
-// the same key and limits with cost n or more is certain to be denied for the
-// next T, since capacity only comes back with time; the Limiter answers those
-// from memory (Allowed false, RetryAfter and ResetAfter counted down,
-// Remaining as of the denial). Smaller costs and peeks still go to Redis,
-// and so does anything after T. When more than size keys are denied at once,
-// the least recently used are forgotten; memory stays about size * 300 bytes.
-//
-// Limits with a Lockout are never answered from memory: in Redis, a denial
-// after a lock has ended starts a new one, which a cached answer would not.
-//
-// The trade-off: a cached denial cannot see what another process does to the
-// key. A Reset or Refund (or any script that gives capacity back) by another
-// process only takes effect here once the cached retry time has passed; a
-// Reset or Refund through this Limiter clears its own cache for the key.
-// Only takes (Allow, AllowN, AllowMulti) are answered from the cache:
-// AllowAtMost, Penalize and Refund always go to Redis. Denied requests
-// answered from memory write nothing, exactly as denied requests in Redis do,
-// so the limits admit the same requests with the cache on or off.
+// After Redis denies a take (Allow, AllowN, AllowMulti) of cost n with
+// RetryAfter T, takes of cost n or more on the same key and limits are
+// answered from memory for the next T (Allowed false, RetryAfter and
+// ResetAfter counted down); everything else goes to Redis, so the limits
+// admit the same requests with the cache on or off. Limits with a Lockout are
+// never answered from memory. A Reset or Refund by another process takes
+// effect here only once the cached retry time has passed; through this
+// Limiter it clears the key's cached denials. Beyond size keys the least
+// recently used are forgotten: about size * 300 bytes. The trade-offs:
+// https://github.com/luarate/luarate/blob/main/docs/operations.md#the-deny-cache
 func WithDenyCache(size int) Option {
 	return func(l *Limiter) {
 		if size > 0 {

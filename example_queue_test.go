@@ -2,6 +2,7 @@ package luarate_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -12,7 +13,8 @@ import (
 
 // Shaping instead of denying: a LeakyQueue lets requests leave one every
 // Period/Rate (here 10 ms) and queues up to Burst of them; Wait sleeps each
-// one's Delay. A request that does not fit in the queue is denied at once.
+// one's Delay. A request that does not fit in the queue waits for a place,
+// unless ctx's deadline comes first: then Wait says so at once.
 func ExampleLimiter_Wait() {
 	mr, _ := miniredis.Run()
 	defer mr.Close()
@@ -23,22 +25,25 @@ func ExampleLimiter_Wait() {
 	limit := luarate.Limit{Algorithm: luarate.LeakyQueue, Rate: 100, Period: time.Second, Burst: 3}
 
 	ctx := context.Background()
-	for i := 1; i <= 4; i++ {
+	for i := 1; i <= 3; i++ {
 		res, err := limiter.Wait(ctx, "export-job", limit)
 		if err != nil {
 			panic(err)
 		}
-		if res.Allowed {
-			fmt.Printf("request %d: went after %v\n", i, res.Delay)
-		} else {
-			fmt.Printf("request %d: queue full, retry after %v\n", i, res.RetryAfter)
-		}
+		fmt.Printf("request %d: went after %v\n", i, res.Delay)
+		now = now.Add(time.Millisecond) // the next arrives 1ms later
+	}
+	soon, cancel := context.WithTimeout(ctx, 5*time.Millisecond)
+	defer cancel()
+	res, err := limiter.Wait(soon, "export-job", limit)
+	if errors.Is(err, context.DeadlineExceeded) && !res.Allowed {
+		fmt.Printf("request 4: queue full for %v, longer than the deadline\n", res.RetryAfter)
 	}
 	// Output:
 	// request 1: went after 0s
-	// request 2: went after 10ms
-	// request 3: went after 20ms
-	// request 4: queue full, retry after 10ms
+	// request 2: went after 9ms
+	// request 3: went after 18ms
+	// request 4: queue full for 7ms, longer than the deadline
 }
 
 // At most 2 requests of one tenant in flight. A lease that is never released

@@ -25,6 +25,9 @@ var ErrInvalidLimit = errors.New("invalid limit")
 // lift it. 5 failed logins per 15 minutes, then locked for an hour:
 //
 //	Limit{Algorithm: SlidingWindowLog, Rate: 5, Period: 15 * time.Minute, Lockout: time.Hour}
+//
+// The login pattern in full:
+// https://github.com/luarate/luarate/blob/main/docs/guide.md#abuse-protection
 type Limit struct {
 	Algorithm Algorithm
 	Rate      int
@@ -45,6 +48,11 @@ func PerMinute(algo Algorithm, n int) Limit {
 
 // PerHour returns a Limit of n per hour.
 func PerHour(algo Algorithm, n int) Limit { return Limit{Algorithm: algo, Rate: n, Period: time.Hour} }
+
+// PerDay returns a Limit of n per 24 hours.
+func PerDay(algo Algorithm, n int) Limit {
+	return Limit{Algorithm: algo, Rate: n, Period: 24 * time.Hour}
+}
 
 // The bounds the scripts accept; Validate checks them first so a bad limit
 // never costs a round trip.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/big"
 	"math/rand"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -83,8 +84,9 @@ func TestLeakyQueueDepartures(t *testing.T) {
 }
 
 // TestWait: Wait returns at the request's turn; a cancelled context ends the
-// wait with its error (the place stays taken); a full queue is a denial,
-// returned at once; a context that already ended takes nothing.
+// wait with its error (the place stays taken); a full queue with a deadline
+// before its retry time returns at once; a context that already ended takes
+// nothing.
 func TestWait(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
@@ -101,25 +103,26 @@ func TestWait(t *testing.T) {
 		require.Equal(t, 100*time.Millisecond, res.Delay)
 		require.GreaterOrEqual(t, time.Since(start), 100*time.Millisecond, "Wait slept the delay")
 
-		// the third place waits 200 ms; cancel after 10
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+		// the third place waits 200 ms; the context ends after 60 (time
+		// enough for the Redis call on a loaded machine). The error says
+		// Wait returned when the context ended, not after the delay.
+		cctx, cancel := context.WithTimeout(ctx, 60*time.Millisecond)
 		defer cancel()
-		start = time.Now()
 		res, err = l.Wait(cctx, "w", limit)
 		require.ErrorIs(t, err, context.DeadlineExceeded)
-		require.True(t, res.Allowed)
+		require.True(t, res.Allowed, "the place was taken before the context ended")
 		require.Equal(t, 200*time.Millisecond, res.Delay)
-		require.Less(t, time.Since(start), 150*time.Millisecond, "returned when the context ended")
 		peek, err := l.Peek(ctx, "w", limit)
 		require.NoError(t, err)
 		require.Zero(t, peek.Remaining, "the cancelled request's place is not given back")
 
-		start = time.Now()
-		res, err = l.Wait(ctx, "w", limit)
-		require.NoError(t, err)
+		// a full queue: Wait would wait for a place, but not past the deadline
+		soon, cancelSoon := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer cancelSoon()
+		res, err = l.Wait(soon, "w", limit)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
 		require.False(t, res.Allowed)
 		require.Equal(t, 100*time.Millisecond, res.RetryAfter)
-		require.Less(t, time.Since(start), 80*time.Millisecond, "a denial does not wait")
 
 		done, cancelNow := context.WithCancel(ctx)
 		cancelNow()
@@ -134,6 +137,62 @@ func TestWait(t *testing.T) {
 		res, err = l.Wait(ctx, "w", PerSecond(GCRA, 1))
 		require.NoError(t, err)
 		require.Equal(t, Result{Allowed: true, Limit: 1, Remaining: 0, ResetAfter: time.Second, Granted: 1}, res)
+	})
+}
+
+// TestWaitBlocks: for every algorithm, Wait sleeps a denied try's
+// RetryAfter and tries again until admitted, one Redis call per try. The
+// scripts' clock stands still until the first denial and then jumps an hour,
+// so exactly two tries are needed whatever the machine's speed; the real
+// sleep in between is the first try's RetryAfter.
+func TestWaitBlocks(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		for _, algo := range Algorithms() {
+			base := time.UnixMilli(1_700_000_000_000) // a window boundary
+			var calls atomic.Int64
+			frozen := int64(2) // the AllowN that empties the limit and Wait's first try
+			l := New(b.client, WithPrefix(b.prefix), WithClock(func() time.Time {
+				if calls.Add(1) > frozen {
+					return base.Add(time.Hour)
+				}
+				return base
+			}))
+			limit := Limit{Algorithm: algo, Rate: 2, Period: 100 * time.Millisecond}
+			key := "block-" + algo.String()
+			res, err := l.AllowN(ctx, key, limit, 2)
+			require.NoError(t, err)
+			require.True(t, res.Allowed, algo)
+
+			start := time.Now()
+			res, err = l.Wait(ctx, key, limit)
+			require.NoError(t, err, algo)
+			require.True(t, res.Allowed, algo)
+			require.Equal(t, int64(3), calls.Load(), "%s: one denied try, one admitted: no busy loop", algo)
+			require.GreaterOrEqual(t, time.Since(start), 40*time.Millisecond, "%s: slept the denied try's RetryAfter", algo)
+
+			// a limit that comes back in an hour: a 10s deadline returns at once
+			hourly := Limit{Algorithm: algo, Rate: 1, Period: time.Hour}
+			frozen = 1 << 62
+			_, err = l.Allow(ctx, key+"-h", hourly)
+			require.NoError(t, err)
+			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			res, err = l.Wait(dctx, key+"-h", hourly)
+			require.ErrorIs(t, err, context.DeadlineExceeded, algo)
+			require.NoError(t, dctx.Err(), "%s: returned before the deadline, without sleeping", algo)
+			require.False(t, res.Allowed)
+			require.Positive(t, res.RetryAfter)
+			cancel()
+
+			// a cancel during the sleep ends it with ctx's error
+			cctx, cancel := context.WithCancel(ctx)
+			go func() { time.Sleep(20 * time.Millisecond); cancel() }()
+			_, err = l.Wait(cctx, key+"-h", hourly)
+			require.ErrorIs(t, err, context.Canceled, algo)
+
+			_, err = l.WaitN(ctx, key, limit, 3)
+			require.ErrorIs(t, err, ErrInvalidRequest, "%s: more than the capacity can never be admitted", algo)
+		}
 	})
 }
 

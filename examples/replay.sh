@@ -23,22 +23,23 @@ status=0
 "$python" examples/python/replay_vectors.py --redis "$url" || status=1
 node examples/node/replay-vectors.js --redis "$url" || status=1
 
-# The README's quick starts run as printed (from the project root), and the
-# README still prints them.
-readme=$(cat README.md)
+# The quick starts run as printed (from the project root), and scripts/README.md
+# still prints them.
+doc=scripts/README.md
+readme=$(cat "$doc")
 for qs in examples/python/quickstart.py examples/node/quickstart.js; do
   case $qs in *.py) run=("$python" "$qs") ;; *) run=(node "$qs") ;; esac
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
   if out=$(REDIS_URL=$url "${run[@]}" 2>&1) && [ "$(grep -c allowed <<<"$out")" = 10 ] &&
     [ "$(grep -c denied <<<"$out")" = 2 ]; then
-    echo "$qs: 10 allowed, 2 denied, as the README says"
+    echo "$qs: 10 allowed, 2 denied, as $doc says"
   else
     echo "FAIL: $qs:"
     echo "$out"
     status=1
   fi
   if [[ $readme != *"$(cat "$qs")"* ]]; then
-    echo "FAIL: README.md does not show $qs as it is"
+    echo "FAIL: $doc does not show $qs as it is"
     status=1
   fi
 done

@@ -23,6 +23,7 @@ func BenchmarkMiddleware(b *testing.B) {
 	client := redistest.Client(b, realAddr)
 	l := luarate.New(client, luarate.WithPrefix(uniquePrefix()))
 	limit := luarate.PerSecond(luarate.GCRA, 1_000_000)
+	limits := []luarate.Limit{limit}
 
 	ip := func(i int64) string { return "10.0." + strconv.Itoa(int(i%1000/250)) + "." + strconv.Itoa(int(i%250)) }
 	b.Run("Allow", func(b *testing.B) {
@@ -39,12 +40,12 @@ func BenchmarkMiddleware(b *testing.B) {
 	})
 	b.Run("Middleware", func(b *testing.B) {
 		var decisions atomic.Int64
-		h := httplimit.Middleware(l, limit, httplimit.WithObserver(func(httplimit.Decision) { decisions.Add(1) }),
+		h := httplimit.Middleware(l, limits, httplimit.WithObserver(func(httplimit.Decision) { decisions.Add(1) }),
 			httplimit.WithIETFHeaders(""))(ok)
 		serve(b, h, ip)
 	})
 	b.Run("MiddlewareNoTimeout", func(b *testing.B) {
-		serve(b, httplimit.Middleware(l, limit, httplimit.WithTimeout(0))(ok), ip)
+		serve(b, httplimit.Middleware(l, limits, httplimit.WithTimeout(0))(ok), ip)
 	})
 	b.Run("NoLimit", func(b *testing.B) { serve(b, ok, ip) })
 }

@@ -3,26 +3,38 @@
 // the standard mux, chi, gorilla/mux and anything else built on net/http.
 //
 //	limiter := luarate.New(client)
-//	api := httplimit.Middleware(limiter, luarate.PerMinute(luarate.GCRA, 60),
-//		httplimit.WithKey(httplimit.First(httplimit.Header("X-API-Key"), httplimit.IP())))
+//	limits := luarate.MustParseLimits("10/second;1000/day", luarate.GCRA)
+//	api := httplimit.Middleware(limiter, limits,
+//		httplimit.WithKey(httplimit.First(httplimit.APIKey("X-API-Key", keyIsValid), httplimit.IP())))
 //	mux.Handle("/api/", api(apiHandler))
 //
 // Per request it finds the client's key (by default its IP address, proxies'
-// headers ignored), asks Redis for one decision, and:
+// headers ignored; APIKey for keys the application has verified), takes the
+// request's cost (1 unless WithCost) from every limit at once in one
+// AllowMulti call, all or nothing, and:
 //
-//   - writes X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset on
-//     every response, allowed or denied (and, with WithIETFHeaders, the IETF
+//   - writes X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset
+//     (a Unix time in seconds) for the tightest limit on every response,
+//     allowed or denied (WithHeaderNames renames or drops them,
+//     WithResetDelta sends seconds from now; WithIETFHeaders adds the IETF
 //     RateLimit-Policy and RateLimit fields);
-//   - when allowed, calls the next handler;
+//   - when allowed, calls the next handler (and, with WithRefundWhen, gives
+//     the cost back if the response says the request should not count);
 //   - when denied, answers 429 Too Many Requests with Retry-After and a JSON
 //     body {"error": ..., "retry_after": seconds} (WithDenyHandler replaces it).
+//
+// Each Middleware has counters of its own: two middlewares never count into
+// each other, even with the same limits, unless both are given the same
+// WithScope name. One middleware wrapping several handlers counts them
+// together.
 //
 // When Redis fails or does not answer within the decision timeout (100ms by
 // default, WithTimeout), the request is served anyway (fail open): a limiter
 // outage should not become an API outage. The error is logged with log/slog
 // and passed to the observer, never swallowed. WithFailClosed answers 503
-// instead. A bad limit or a key function's error is a bug in the setup, not an
-// outage: those get 500 under either policy.
+// with Retry-After: 1 and a JSON body instead. A bad limit or a key
+// function's error is a bug in the setup, not an outage: those get 500 under
+// either policy. Refuse (a key function) gets 401.
 //
 // The third policy lives in the Limiter, so every caller of it gets it:
 // with insurance.With (package luarate/insurance), a Redis failure or timeout is decided on an
@@ -42,6 +54,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/luarate/luarate"
@@ -63,24 +76,29 @@ const (
 	Denied       Outcome = "denied"        // denied (by Redis, or by the insurance if Result.Insured); 429
 	FailedOpen   Outcome = "failed_open"   // Redis failed; served anyway
 	FailedClosed Outcome = "failed_closed" // Redis failed; 503
-	Error        Outcome = "error"         // bad key or limit; 500
+	Refused      Outcome = "refused"       // the key function refused the request (ErrRefused); 401
+	Error        Outcome = "error"         // bad key, cost or limit; 500
 )
 
 // Decision is what the observer hears about each request that was not exempt.
 type Decision struct {
 	Request *http.Request
-	Key     string         // the client key (before the scope is added)
-	Limit   luarate.Limit  // the limit applied
-	Result  luarate.Result // the script's answer (Result.Insured: the Limiter's insurance gave it); zero when Err is set
-	Latency time.Duration  // time spent asking Redis
+	Scope   string          // the counters' scope: WithScope's name, or the middleware's own
+	Key     string          // the client key (before the scope is added)
+	Limits  []luarate.Limit // the limits applied
+	Cost    int             // the units the request took (WithCost)
+	Result  luarate.Result  // the tightest limit's answer (Result.Insured: the Limiter's insurance gave it); zero when Err is set
+	Latency time.Duration   // time spent asking Redis
 	Outcome Outcome
-	Err     error // why Redis could not decide, or what was wrong with key or limit
+	Err     error // why Redis could not decide, or what was wrong with key, cost or limit
 }
 
 // config is the middleware's settings; Options change it.
 type config struct {
 	key        KeyFunc
-	limitFunc  func(*http.Request) (luarate.Limit, error)
+	limitFunc  func(*http.Request) ([]luarate.Limit, error)
+	cost       func(*http.Request) int
+	refundWhen func(*http.Request, int) bool
 	exempt     func(*http.Request) bool
 	scope      string
 	deny       func(http.ResponseWriter, *http.Request, luarate.Result)
@@ -89,32 +107,60 @@ type config struct {
 	timeout    time.Duration
 	logger     *slog.Logger
 	observer   func(Decision)
-	policy     string // IETF policy name; "" = no IETF fields
+	headers    headers
 }
 
 // Option configures Middleware.
 type Option func(*config)
 
 // WithKey sets how a request maps to a rate-limit key. The default value is
-// IP(): the connection's remote address, proxies' headers ignored.
+// IP(): the connection's remote address, proxies' headers ignored. For API
+// clients use APIKey, which trusts only keys the application verified.
 func WithKey(f KeyFunc) Option { return func(c *config) { c.key = f } }
 
-// WithLimitFunc picks the limit per request, for example a larger one for
-// premium API keys. It replaces the limit given to Middleware; an error from
-// it is answered with 500.
-func WithLimitFunc(f func(*http.Request) (luarate.Limit, error)) Option {
+// WithLimitFunc picks the limits per request, for example larger ones for
+// premium API keys. It replaces the limits given to Middleware; an error
+// from it is answered with 500.
+func WithLimitFunc(f func(*http.Request) ([]luarate.Limit, error)) Option {
 	return func(c *config) { c.limitFunc = f }
+}
+
+// WithCost sets how many units a request takes from every limit, for
+// weighted endpoints (a search costs 5, a batch of n costs n). The default
+// is 1. 0 only reads the limits (headers, no charge); a negative cost, or
+// one above a limit's capacity, is answered with 500, since it could never be
+// admitted.
+func WithCost(f func(*http.Request) int) Option { return func(c *config) { c.cost = f } }
+
+// WithRefundWhen gives an admitted request's cost back to every limit when
+// f, called with the status the next handler wrote, returns true: count only
+// some outcomes, as Flask-Limiter's deduct_when does. For example refund
+// when the status is not a server error, to limit only failing requests,
+// or refund on success to count only failed logins:
+//
+//	httplimit.WithRefundWhen(func(r *http.Request, status int) bool { return status < 400 })
+//
+// The refund is luarate's Refund, one call per limit after the handler
+// returns, under the decision timeout. A refund that fails is logged and the
+// request stays counted: never more admitted than the limit. LeakyQueue
+// takes no refunds (its admitted requests hold departure slots), so refunds
+// of a LeakyQueue limit are logged errors.
+func WithRefundWhen(f func(r *http.Request, status int) bool) Option {
+	return func(c *config) { c.refundWhen = f }
 }
 
 // WithExempt lets requests for which f returns true through untouched: no
 // decision, no headers, nothing counted (health checks, internal callers).
 func WithExempt(f func(*http.Request) bool) Option { return func(c *config) { c.exempt = f } }
 
-// WithScope keeps this middleware's counters apart from other middlewares'.
-// Two middlewares with the same algorithm and period and no scope share one
-// counter per client: right for a global limit over several routes, wrong for
-// per-route limits, which should each get a scope such as the route name. The
-// default value is "" (no scope).
+// WithScope names this middleware's counters. Without it every Middleware
+// gets a scope of its own, "mw1", "mw2"... in the order the Middleware calls
+// run, so no two middlewares share a counter by accident. Middlewares given
+// the same name share their counters (with the same algorithm and period):
+// a global limit over several routes. Name every middleware when processes
+// that share a Redis might build their middlewares in different orders
+// (different services, or a deploy that adds a route), and build each
+// middleware once, not per request.
 func WithScope(name string) Option { return func(c *config) { c.scope = name } }
 
 // WithDenyHandler replaces the 429 response. The rate-limit headers
@@ -125,9 +171,10 @@ func WithDenyHandler(f func(w http.ResponseWriter, r *http.Request, res luarate.
 }
 
 // WithErrorHandler replaces the response when no decision could be made:
-// err wraps ErrUnavailable when Redis failed under WithFailClosed, otherwise
-// the key or limit was bad. The default writes 503 (with Retry-After: 1) or
-// 500 and a JSON body {"error": ...}.
+// err wraps ErrUnavailable when Redis failed under WithFailClosed, ErrRefused
+// when the key function refused the request, otherwise the key, cost or
+// limit was bad. The default writes 503 (with Retry-After: 1), 401 or 500
+// and a JSON body {"error": ...}.
 func WithErrorHandler(f func(w http.ResponseWriter, r *http.Request, err error)) Option {
 	return func(c *config) { c.onError = f }
 }
@@ -148,69 +195,67 @@ func WithTimeout(d time.Duration) Option { return func(c *config) { c.timeout = 
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
 
 // WithObserver calls f once per decision (not for exempt requests), before
-// the response is written: feed it to Prometheus or OpenTelemetry. f runs on
-// the request's goroutine, so it should be quick.
+// the response is written: feed it to Prometheus (see the module
+// github.com/luarate/luarate/prometheus) or OpenTelemetry. f runs on the
+// request's goroutine, so it should be quick.
 func WithObserver(f func(Decision)) Option { return func(c *config) { c.observer = f } }
 
-// WithIETFHeaders also writes the RateLimit-Policy and RateLimit fields of
-// the IETF draft (draft-ietf-httpapi-ratelimit-headers-11), with policy as
-// the policy's name ("default" if empty):
-//
-//	RateLimit-Policy: "default";q=10;w=1
-//	RateLimit: "default";r=7;t=1
-//
-// q and w are Rate per Period (w in whole seconds, left out when the period
-// is not one), plus luarate-burst=<capacity> when Burst differs from Rate. r
-// is Remaining; t is seconds until full again, or, when denied, until a retry
-// can succeed, so it never points past Retry-After.
-func WithIETFHeaders(policy string) Option {
-	if policy == "" {
-		policy = "default"
-	}
-	return func(c *config) { c.policy = policy }
-}
+// instances numbers the middlewares without a WithScope.
+var instances atomic.Int64
 
-// Middleware limits every request passing through it to limit per key.
-func Middleware(l *luarate.Limiter, limit luarate.Limit, opts ...Option) func(http.Handler) http.Handler {
+// Middleware limits every request passing through it to limits per key, all
+// at once (luarate's AllowMulti): a request is admitted only if it fits every
+// limit, and then it is counted in every one. The limits must share one
+// Algorithm and have distinct Periods, as luarate.ParseLimits returns them.
+func Middleware(l *luarate.Limiter, limits []luarate.Limit, opts ...Option) func(http.Handler) http.Handler {
 	c := &config{
 		key:     IP(),
 		deny:    denyJSON,
 		onError: errorJSON,
 		timeout: 100 * time.Millisecond,
 		logger:  slog.Default(),
+		headers: defaultHeaders(),
 	}
 	for _, o := range opts {
 		o(c)
 	}
+	if c.scope == "" {
+		c.scope = "mw" + strconv.FormatInt(instances.Add(1), 10)
+	}
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			c.serve(l, limit, next, w, r)
+			c.serve(l, limits, next, w, r)
 		})
 	}
 }
 
-func (c *config) serve(l *luarate.Limiter, limit luarate.Limit, next http.Handler, w http.ResponseWriter, r *http.Request) {
+func (c *config) serve(l *luarate.Limiter, limits []luarate.Limit, next http.Handler, w http.ResponseWriter, r *http.Request) {
 	if c.exempt != nil && c.exempt(r) {
 		next.ServeHTTP(w, r)
 		return
 	}
-	d := Decision{Request: r, Limit: limit}
+	d := Decision{Request: r, Scope: c.scope, Limits: limits, Cost: 1}
 	var err error
 	d.Key, err = c.key(r)
 	if err == nil && d.Key == "" {
 		err = ErrNoKey
 	}
 	if err == nil && c.limitFunc != nil {
-		d.Limit, err = c.limitFunc(r)
+		d.Limits, err = c.limitFunc(r)
+	}
+	if err == nil && c.cost != nil {
+		d.Cost = c.cost(r)
 	}
 	if err == nil {
-		d.Result, d.Latency, err = c.decide(r.Context(), l, d.Key, d.Limit)
+		d.Result, d.Latency, err = c.decide(r.Context(), l, d.Key, d.Limits, d.Cost)
 	}
 	switch {
 	case err == nil && d.Result.Allowed:
 		d.Outcome = Allowed
 	case err == nil:
 		d.Outcome = Denied
+	case errors.Is(err, ErrRefused):
+		d.Outcome = Refused
 	case !errors.Is(err, ErrUnavailable):
 		d.Outcome = Error
 	case c.failClosed:
@@ -219,7 +264,7 @@ func (c *config) serve(l *luarate.Limiter, limit luarate.Limit, next http.Handle
 		d.Outcome = FailedOpen
 	}
 	d.Err = err
-	if err != nil {
+	if err != nil && d.Outcome != Refused {
 		c.logger.LogAttrs(r.Context(), slog.LevelError, "luarate: no rate-limit decision",
 			slog.String("outcome", string(d.Outcome)), slog.String("key", d.Key),
 			slog.String("method", r.Method), slog.String("path", r.URL.Path),
@@ -230,10 +275,10 @@ func (c *config) serve(l *luarate.Limiter, limit luarate.Limit, next http.Handle
 	}
 	switch d.Outcome {
 	case Allowed:
-		c.setHeaders(w.Header(), d.Limit, d.Result)
-		next.ServeHTTP(w, r)
+		c.headers.set(w.Header(), d.Limits, d.Result)
+		c.serveCounted(l, d, next, w, r)
 	case Denied:
-		c.setHeaders(w.Header(), d.Limit, d.Result)
+		c.headers.set(w.Header(), d.Limits, d.Result)
 		c.deny(w, r, d.Result)
 	case FailedOpen:
 		next.ServeHTTP(w, r)
@@ -242,19 +287,70 @@ func (c *config) serve(l *luarate.Limiter, limit luarate.Limit, next http.Handle
 	}
 }
 
-// decide asks Redis under the decision timeout. Errors that are not about
-// the key or limit wrap ErrUnavailable.
-func (c *config) decide(ctx context.Context, l *luarate.Limiter, key string, limit luarate.Limit) (luarate.Result, time.Duration, error) {
+// serveCounted runs the next handler of an admitted request and, when
+// WithRefundWhen says its status should not count, gives its cost back.
+func (c *config) serveCounted(l *luarate.Limiter, d Decision, next http.Handler, w http.ResponseWriter, r *http.Request) {
+	if c.refundWhen == nil || d.Cost == 0 {
+		next.ServeHTTP(w, r)
+		return
+	}
+	sw := &statusWriter{ResponseWriter: w}
+	next.ServeHTTP(sw, r)
+	if sw.status == 0 {
+		sw.status = http.StatusOK // nothing written: net/http sends 200
+	}
+	if !c.refundWhen(r, sw.status) {
+		return
+	}
+	ctx := context.WithoutCancel(r.Context()) // the client may be gone; the refund is still owed
 	if c.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	if c.scope != "" {
-		key = c.scope + ":" + key
+	for _, lim := range d.Limits {
+		if _, err := l.Refund(ctx, c.scope+":"+d.Key, lim, d.Cost); err != nil {
+			c.logger.LogAttrs(r.Context(), slog.LevelError, "luarate: refund failed; the request stays counted",
+				slog.String("key", d.Key), slog.Int("status", sw.status), slog.Any("error", err))
+		}
+	}
+}
+
+// statusWriter remembers the status the handler wrote. Unwrap lets
+// http.ResponseController reach the writer's Flush, Hijack and deadlines.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 { // 1xx are informational; the final status follows
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Flush() { _ = http.NewResponseController(w.ResponseWriter).Flush() }
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// decide asks Redis under the decision timeout. Errors that are not about
+// the key, cost or limits wrap ErrUnavailable.
+func (c *config) decide(ctx context.Context, l *luarate.Limiter, key string, limits []luarate.Limit, cost int) (luarate.Result, time.Duration, error) {
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
 	}
 	start := time.Now()
-	res, err := l.Allow(ctx, key, limit)
+	res, err := l.AllowMulti(ctx, c.scope+":"+key, cost, limits...)
 	latency := time.Since(start)
 	if err != nil && !errors.Is(err, luarate.ErrInvalidLimit) && !errors.Is(err, luarate.ErrInvalidRequest) {
 		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
@@ -262,33 +358,29 @@ func (c *config) decide(ctx context.Context, l *luarate.Limiter, key string, lim
 	return res, latency, err
 }
 
-func (c *config) setHeaders(h http.Header, limit luarate.Limit, res luarate.Result) {
-	res.SetHeaders(h)
-	if c.policy != "" {
-		setIETFHeaders(h, c.policy, limit, res)
-	}
-}
-
 // denyJSON is the default denial: 429 and
 // {"error":"rate limit exceeded","retry_after":1,"retry_after_ms":96}.
 func denyJSON(w http.ResponseWriter, _ *http.Request, res luarate.Result) {
-	retry, _ := strconv.Atoi(w.Header().Get("Retry-After"))
 	writeJSON(w, http.StatusTooManyRequests, map[string]any{
 		"error":          "rate limit exceeded",
-		"retry_after":    retry,
+		"retry_after":    retryAfterSeconds(res),
 		"retry_after_ms": res.RetryAfter.Milliseconds(),
 	})
 }
 
 // errorJSON is the default answer when there is no decision: 503 when Redis
-// failed (fail closed), 500 for a bad key or limit.
+// failed (fail closed), 401 when the key function refused the request, 500
+// for a bad key, cost or limit.
 func errorJSON(w http.ResponseWriter, _ *http.Request, err error) {
-	if errors.Is(err, ErrUnavailable) {
+	switch {
+	case errors.Is(err, ErrUnavailable):
 		w.Header().Set("Retry-After", "1")
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": "rate limiter unavailable, retry later", "retry_after": 1})
-		return
+	case errors.Is(err, ErrRefused):
+		writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "a valid API key is required"})
+	default:
+		writeJSON(w, http.StatusInternalServerError, map[string]any{"error": "rate limiting is misconfigured"})
 	}
-	writeJSON(w, http.StatusInternalServerError, map[string]any{"error": "rate limiting is misconfigured"})
 }
 
 func writeJSON(w http.ResponseWriter, status int, body any) {

@@ -64,7 +64,8 @@ func TestHeadersOnAllowedAndDenied(t *testing.T) {
 		now := time.UnixMilli(1_700_000_000_000)
 		var obs recorder
 		limit := luarate.PerMinute(luarate.GCRA, 3) // one every 20s, burst 3
-		h := middleware(fixedLimiter(client, prefix, &now), limit, httplimit.WithObserver(obs.observe))(ok)
+		h := middleware(fixedLimiter(client, prefix, &now), limit, httplimit.WithObserver(obs.observe),
+			httplimit.WithClock(func() time.Time { return now }))(ok)
 
 		for i, want := range []string{"2", "1", "0"} {
 			w := get(h, "192.0.2.1:1234")
@@ -72,13 +73,15 @@ func TestHeadersOnAllowedAndDenied(t *testing.T) {
 			assert.Equal(t, `{"data":"ok"}`, w.Body.String())
 			assert.Equal(t, "3", w.Header().Get("X-RateLimit-Limit"))
 			assert.Equal(t, want, w.Header().Get("X-RateLimit-Remaining"))
-			assert.Equal(t, []string{"20", "40", "60"}[i], w.Header().Get("X-RateLimit-Reset"))
+			assert.Equal(t, []string{"1700000020", "1700000040", "1700000060"}[i], w.Header().Get("X-RateLimit-Reset"), "a Unix time")
 			assert.Empty(t, w.Header().Get("Retry-After"))
 			assert.Empty(t, w.Header().Get("RateLimit"), "IETF fields only with WithIETFHeaders")
 		}
 		d := obs.last(t)
 		assert.Equal(t, "ip:192.0.2.1", d.Key)
-		assert.Equal(t, limit, d.Limit)
+		assert.Equal(t, []luarate.Limit{limit}, d.Limits)
+		assert.Equal(t, 1, d.Cost)
+		assert.Regexp(t, `^mw\d+$`, d.Scope)
 		assert.Equal(t, httplimit.Allowed, d.Outcome)
 		assert.NoError(t, d.Err)
 		assert.Positive(t, d.Latency)
@@ -88,7 +91,7 @@ func TestHeadersOnAllowedAndDenied(t *testing.T) {
 		require.Equal(t, http.StatusTooManyRequests, w.Code)
 		assert.Equal(t, "3", w.Header().Get("X-RateLimit-Limit"))
 		assert.Equal(t, "0", w.Header().Get("X-RateLimit-Remaining"))
-		assert.Equal(t, "55", w.Header().Get("X-RateLimit-Reset"))
+		assert.Equal(t, "1700000060", w.Header().Get("X-RateLimit-Reset"))
 		assert.Equal(t, "15", w.Header().Get("Retry-After"))
 		assert.Equal(t, "application/json", w.Header().Get("Content-Type"))
 		assert.JSONEq(t, `{"error":"rate limit exceeded","retry_after":15,"retry_after_ms":15000}`, w.Body.String())
@@ -125,14 +128,14 @@ func TestIETFHeaders(t *testing.T) {
 			w = get(h, "192.0.2.9:1")
 		}
 		assert.Equal(t, `"per \"key\"";q=1;w=10;luarate-burst=3`, w.Header().Get("RateLimit-Policy"))
-		assert.Equal(t, `"per \"key\"";r=0;t=30`, w.Header().Get("RateLimit"))
+		assert.Equal(t, `"per \"key\"";r=0;t=10`, w.Header().Get("RateLimit"), "t: the next unit, not the time until full")
 		w = get(h, "192.0.2.9:1")
 		assert.Equal(t, `"per \"key\"";r=0;t=10`, w.Header().Get("RateLimit"))
 		assert.Equal(t, "10", w.Header().Get("Retry-After"))
 
-		// a period that is not whole seconds has no w
+		// a period that is not whole seconds keeps its w, rounded up: a stricter policy
 		h = middleware(l, luarate.Limit{Algorithm: luarate.GCRA, Rate: 5, Period: 1500 * time.Millisecond}, httplimit.WithIETFHeaders("p"))(ok)
-		assert.Equal(t, `"p";q=5`, get(h, "192.0.2.1:1").Header().Get("RateLimit-Policy"))
+		assert.Equal(t, `"p";q=5;w=2`, get(h, "192.0.2.1:1").Header().Get("RateLimit-Policy"))
 	})
 }
 
@@ -142,11 +145,11 @@ func TestPerRouteDynamicAndExempt(t *testing.T) {
 		l := fixedLimiter(client, prefix, &now)
 		byKey := httplimit.WithKey(httplimit.First(httplimit.Header("X-API-Key"), httplimit.IP()))
 		free, premium := luarate.PerMinute(luarate.GCRA, 2), luarate.PerMinute(luarate.GCRA, 5)
-		tiers := httplimit.WithLimitFunc(func(r *http.Request) (luarate.Limit, error) {
+		tiers := httplimit.WithLimitFunc(func(r *http.Request) ([]luarate.Limit, error) {
 			if r.Header.Get("X-API-Key") == "premium" {
-				return premium, nil
+				return []luarate.Limit{premium}, nil
 			}
-			return free, nil
+			return []luarate.Limit{free}, nil
 		})
 		health := httplimit.WithExempt(func(r *http.Request) bool { return r.Header.Get("X-Health") == "1" })
 		data := middleware(l, free, byKey, tiers, health, httplimit.WithScope("data"))(ok)
@@ -440,5 +443,10 @@ func TestRaceExactlyTheLimit(t *testing.T) {
 // the test sets its own: the 100ms default is for production, and a test
 // about limits must not fail open because a loaded CI machine was slow.
 func middleware(l *luarate.Limiter, limit luarate.Limit, opts ...httplimit.Option) func(http.Handler) http.Handler {
-	return httplimit.Middleware(l, limit, append([]httplimit.Option{httplimit.WithTimeout(10 * time.Second)}, opts...)...)
+	return middlewareN(l, []luarate.Limit{limit}, opts...)
+}
+
+// middlewareN is middleware with several limits.
+func middlewareN(l *luarate.Limiter, limits []luarate.Limit, opts ...httplimit.Option) func(http.Handler) http.Handler {
+	return httplimit.Middleware(l, limits, append([]httplimit.Option{httplimit.WithTimeout(10 * time.Second)}, opts...)...)
 }

@@ -3,6 +3,7 @@ package httplimit
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -38,9 +39,15 @@ func IPFromForwarded(trustedProxies ...netip.Prefix) KeyFunc {
 	return clientIP(trustedProxies, forwarded)
 }
 
-// Header keys by a request header such as an API key, as
-// "<header>:<hash>": the value is hashed (SHA-256, 128 bits shown) so
-// secrets never appear in Redis key names. A missing header is no key.
+// Header keys by a request header, as "<header>:<hash>": the value is hashed
+// (SHA-256, 128 bits shown) so secrets never appear in Redis key names. A
+// missing header is no key.
+//
+// An unverified header is an identity anyone can forge: a client that sends
+// a new random value with every request gets a new, full budget every time,
+// and is never limited. Key by a header alone only behind something that has
+// already checked it (a gateway that rejects unknown keys); otherwise use
+// APIKey.
 func Header(name string) KeyFunc {
 	canonical := http.CanonicalHeaderKey(name)
 	prefix := strings.ToLower(canonical) + ":"
@@ -49,9 +56,47 @@ func Header(name string) KeyFunc {
 		if v == "" {
 			return "", nil
 		}
-		sum := sha256.Sum256([]byte(v))
-		return prefix + hex.EncodeToString(sum[:16]), nil
+		return prefix + hashed(v), nil
 	}
+}
+
+// APIKey keys by an API key in the header, as Header does, but only a key
+// for which verify returns true: a missing or unknown key is no key, so the
+// next KeyFunc of First decides. Choose what happens to unknown keys by what
+// comes next:
+//
+//	httplimit.First(httplimit.APIKey("X-API-Key", valid), httplimit.IP())     // limited by the client's IP
+//	httplimit.First(httplimit.APIKey("X-API-Key", valid), httplimit.Refuse()) // refused: 401
+//
+// verify runs on every limited request, before the rate-limit decision, so
+// it should be quick (a map, a cache): it gets the request and the header's
+// value.
+func APIKey(header string, verify func(r *http.Request, key string) bool) KeyFunc {
+	canonical := http.CanonicalHeaderKey(header)
+	prefix := strings.ToLower(canonical) + ":"
+	return func(r *http.Request) (string, error) {
+		v := r.Header.Get(canonical)
+		if v == "" || !verify(r, v) {
+			return "", nil
+		}
+		return prefix + hashed(v), nil
+	}
+}
+
+// ErrRefused is the error of Refuse: the request has no identity the
+// application accepts. The middleware answers it with 401 and Outcome
+// Refused, and does not log it.
+var ErrRefused = errors.New("httplimit: no valid credentials for this request")
+
+// Refuse returns a KeyFunc that refuses every request (ErrRefused): put it
+// last in First to turn away what no earlier KeyFunc could key.
+func Refuse() KeyFunc {
+	return func(*http.Request) (string, error) { return "", ErrRefused }
+}
+
+func hashed(v string) string {
+	sum := sha256.Sum256([]byte(v))
+	return hex.EncodeToString(sum[:16])
 }
 
 // ContextValue keys by a value an earlier middleware put in the request's
@@ -81,8 +126,8 @@ func ContextValue(key any) KeyFunc {
 }
 
 // First returns the key of the first function that has one: for example
-// First(Header("X-API-Key"), IP()) limits API clients by key and the rest by
-// address. An error stops the search.
+// First(APIKey("X-API-Key", valid), IP()) limits API clients by their
+// verified key and the rest by address. An error stops the search.
 func First(fs ...KeyFunc) KeyFunc {
 	return func(r *http.Request) (string, error) {
 		for _, f := range fs {

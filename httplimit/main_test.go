@@ -1,9 +1,11 @@
 package httplimit_test
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -43,4 +45,22 @@ func uniquePrefix() string {
 // until the test moves it.
 func fixedLimiter(client rueidis.Client, prefix string, now *time.Time) *luarate.Limiter {
 	return luarate.New(client, luarate.WithPrefix(prefix), luarate.WithClock(func() time.Time { return *now }))
+}
+
+// logBuffer is a bytes.Buffer safe for the logger and the test at once.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/alicebob/miniredis/v2/server"
 	"github.com/luarate/luarate"
 	"github.com/luarate/luarate/internal/redistest"
@@ -73,16 +72,17 @@ type insured struct {
 	ins *insurance
 }
 
-// insuredLimiter returns a Limiter with insurance for instances processes,
-// whose scripts see c and whose Retry runs on the returned wall clock.
-func insuredLimiter(t *testing.T, b backend, c *clock, instances int, opts ...luarate.Option) (*insured, *wallClock, *logBuffer) {
+// insuredLimiter returns a Limiter on client with insurance for instances
+// processes, whose keys start with prefix, whose scripts see c and whose
+// Retry runs on the returned wall clock.
+func insuredLimiter(t *testing.T, client rueidis.Client, prefix string, c *clock, instances int, opts ...luarate.Option) (*insured, *wallClock, *logBuffer) {
 	t.Helper()
 	logs := &logBuffer{}
 	ins := newInsurance(Config{Instances: instances, Retry: DefaultRetry, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	wall := &wallClock{t: time.Unix(1_000_000, 0)}
 	ins.wall = wall.now
-	opts = append([]luarate.Option{luarate.WithPrefix(b.prefix), luarate.WithClock(c.now), luarate.WithFallback(ins)}, opts...)
-	l := &insured{Limiter: luarate.New(b.client, opts...), ins: ins}
+	opts = append([]luarate.Option{luarate.WithPrefix(prefix), luarate.WithClock(c.now), luarate.WithFallback(ins)}, opts...)
+	l := &insured{Limiter: luarate.New(client, opts...), ins: ins}
 	t.Cleanup(l.Close)
 	return l, wall, logs
 }
@@ -97,13 +97,6 @@ func embeddedKeys(l *insured) []string {
 		keys = append(keys, e.mini.Keys()...)
 	}
 	return keys
-}
-
-// backend is the Redis a test runs against.
-type backend struct {
-	client rueidis.Client
-	mini   *miniredis.Miniredis // nil for real Redis
-	prefix string               // unique per test: keys of tests never meet
 }
 
 func uniquePrefix() string {
@@ -212,7 +205,7 @@ func TestInsuranceOutage(t *testing.T) {
 		t.Run(algo.String(), func(t *testing.T) {
 			main, client := redistest.Mini(t)
 			c := newClock()
-			l, wall, logs := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 4)
+			l, wall, logs := insuredLimiter(t, client, uniquePrefix(), c, 4)
 			limit := luarate.PerSecond(algo, 20) // a share of 5 per process
 			ctx := context.Background()
 
@@ -270,7 +263,7 @@ func TestInsuranceOutage(t *testing.T) {
 func TestInsuranceProbe(t *testing.T) {
 	main, client := redistest.Mini(t)
 	c := newClock()
-	l, wall, logs := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
+	l, wall, logs := insuredLimiter(t, client, uniquePrefix(), c, 2)
 	var tries atomic.Int64
 	main.Server().SetPreHook(func(p *server.Peer, cmd string, _ ...string) bool {
 		if cmd != "EVALSHA" && cmd != "EVAL" {
@@ -333,7 +326,7 @@ func TestInsuranceSwitchGenerations(t *testing.T) {
 func TestInsuranceMultiAndReset(t *testing.T) {
 	main, client := redistest.Mini(t)
 	c := newClock()
-	l, _, _ := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 4)
+	l, _, _ := insuredLimiter(t, client, uniquePrefix(), c, 4)
 	perSecond, perMinute := luarate.PerSecond(luarate.TokenBucket, 40), luarate.PerMinute(luarate.TokenBucket, 48) // shares 10 and 12
 	main.Close()
 	ctx := context.Background()
@@ -371,7 +364,7 @@ func TestInsuranceMultiAndReset(t *testing.T) {
 func TestInsuranceMemoryBounded(t *testing.T) {
 	main, client := redistest.Mini(t)
 	c := newClock()
-	l, _, _ := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
+	l, _, _ := insuredLimiter(t, client, uniquePrefix(), c, 2)
 	main.Close()
 	ctx := context.Background()
 	for minute := 0; minute < 10; minute++ {
@@ -395,9 +388,9 @@ func TestInsuranceMemoryBounded(t *testing.T) {
 // TestInsuranceCancelled: a context the caller cancelled says nothing about
 // Redis: the call returns its error and the Limiter does not switch.
 func TestInsuranceCancelled(t *testing.T) {
-	main, client := redistest.Mini(t)
+	_, client := redistest.Mini(t)
 	c := newClock()
-	l, _, logs := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
+	l, _, logs := insuredLimiter(t, client, uniquePrefix(), c, 2)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_, err := l.Allow(ctx, "k", luarate.PerSecond(luarate.GCRA, 10))
@@ -409,9 +402,9 @@ func TestInsuranceCancelled(t *testing.T) {
 // TestInsuranceExpiredContext: a context whose deadline passed before the
 // call says nothing about Redis, so it switches nothing.
 func TestInsuranceExpiredContext(t *testing.T) {
-	main, client := redistest.Mini(t)
+	_, client := redistest.Mini(t)
 	c := newClock()
-	l, _, logs := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
+	l, _, logs := insuredLimiter(t, client, uniquePrefix(), c, 2)
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel()
 	_, err := l.Allow(ctx, "k", luarate.PerSecond(luarate.GCRA, 10))
@@ -441,7 +434,7 @@ func TestNoInsuranceStillUnavailable(t *testing.T) {
 func TestInsuranceClosed(t *testing.T) {
 	main, client := redistest.Mini(t)
 	c := newClock()
-	l, _, _ := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2)
+	l, _, _ := insuredLimiter(t, client, uniquePrefix(), c, 2)
 	main.Close()
 	_, err := l.Allow(context.Background(), "k", luarate.PerSecond(luarate.GCRA, 10))
 	require.NoError(t, err)
@@ -473,7 +466,7 @@ func TestInsuranceClosed(t *testing.T) {
 func TestInsuranceRealRedis(t *testing.T) {
 	s, client := ownServer(t)
 	c := newClock()
-	l, wall, logs := insuredLimiter(t, backend{client: client, prefix: uniquePrefix()}, c, 3)
+	l, wall, logs := insuredLimiter(t, client, uniquePrefix(), c, 3)
 	limit := luarate.PerMinute(luarate.GCRA, 30) // a share of 10 per process
 
 	var wg sync.WaitGroup
@@ -569,7 +562,7 @@ func TestInsuranceRealRedis(t *testing.T) {
 func TestInsuranceDenialsNotCached(t *testing.T) {
 	main, client := redistest.Mini(t)
 	c := newClock()
-	l, wall, _ := insuredLimiter(t, backend{client: client, mini: main, prefix: uniquePrefix()}, c, 2, luarate.WithDenyCache(100))
+	l, wall, _ := insuredLimiter(t, client, uniquePrefix(), c, 2, luarate.WithDenyCache(100))
 	limit := luarate.PerMinute(luarate.GCRA, 2) // a share of 1
 	ctx := context.Background()
 	main.Close()
@@ -610,7 +603,7 @@ func TestInsuranceHandBack(t *testing.T) {
 	}
 	var inst [instances]*instance
 	for i := range inst {
-		l, _, logs := insuredLimiter(t, backend{client: client, prefix: "handback:"}, c, instances)
+		l, _, logs := insuredLimiter(t, client, "handback:", c, instances)
 		l.ins.wall = wall.now // all on one Retry clock, moved by hand
 		inst[i] = &instance{insured: l, logs: logs}
 	}

@@ -7,10 +7,11 @@
 //
 // Subcommands:
 //
-//	luarate serve     a demo JSON API on :8080, rate limited per API key or IP
+//	luarate serve     a demo JSON API on 127.0.0.1:8080, limited per verified API key or IP
 //	luarate try       N requests against a chosen algorithm and limit, as a table
 //	luarate scripts   list the embedded Lua scripts (name, version, SHA1); -o DIR writes them
 //	luarate load      SCRIPT LOAD every script into a Redis and print the SHAs
+//	luarate version   the module's version and every script's (also -version)
 //
 // Every subcommand takes -h.
 package main
@@ -38,10 +39,11 @@ const mainHelp = `luarate: rate limiting done inside Redis.
 
 Usage:
   luarate [-redis host:port]        a burst of requests against a 10/s limit (default: embedded Redis)
-  luarate serve [flags]             a demo JSON API on :8080, limited per API key or client IP
+  luarate serve [flags]             a demo JSON API on 127.0.0.1:8080, limited per API key or client IP
   luarate try [flags]               N requests against a chosen algorithm and limit, as a table
   luarate scripts [-o DIR]          list the embedded Lua scripts (name, version, SHA1), or write them
   luarate load -redis host:port     SCRIPT LOAD every script into a Redis and print the SHAs
+  luarate version                   the module's version and every script's (also: luarate -version)
 
 Redis: without -redis (or REDIS_URL) the commands run on an embedded Redis
 (miniredis) and need nothing installed. -redis takes host:port or a
@@ -54,6 +56,17 @@ Examples:
   go run ./cmd/luarate scripts -o /tmp/luarate-scripts
 
 Run 'luarate <command> -h' for a command's flags.
+`
+
+const versionHelp = `Usage: luarate version
+
+Prints the version of the luarate module this binary was built from ("(devel)"
+for a build inside the repository) and the name, version and SHA1 of every
+embedded Lua script. luarate -version prints the same.
+
+Examples:
+  luarate version
+  go run ./cmd/luarate -version
 `
 
 // exit codes
@@ -83,6 +96,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprint(stdout, mainHelp)
 			return exitOK
 		}
+		if len(rest) == 1 && (rest[0] == "-version" || rest[0] == "--version") {
+			err = version(stdout)
+			break
+		}
 		err = demo(ctx, rest, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, mainHelp)
@@ -95,8 +112,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = listScripts(rest, stdout)
 	case "load":
 		err = load(ctx, rest, stdout)
+	case "version":
+		if err = parseFlags(newFlags("version"), rest, versionHelp, stdout); err == nil {
+			err = version(stdout)
+		}
 	default:
-		err = usageError{fmt.Errorf("unknown command %q (commands: serve, try, scripts, load; run 'luarate -h')", cmd)}
+		err = usageError{fmt.Errorf("unknown command %q (commands: serve, try, scripts, load, version; run 'luarate -h')", cmd)}
 	}
 	var usage usageError
 	switch {

@@ -7,7 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -18,8 +21,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/luarate/luarate"
+	"github.com/luarate/luarate/insurance"
 	"github.com/luarate/luarate/internal/redistest"
+	"github.com/redis/rueidis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -106,7 +112,7 @@ func TestErrorsAreOneLine(t *testing.T) {
 		{[]string{"-redis", "127.0.0.1:1"}, exitFail, "luarate: cannot reach Redis at 127.0.0.1:1: "},
 		{[]string{"try", "-redis", "127.0.0.1:1"}, exitFail, "luarate: cannot reach Redis at 127.0.0.1:1: "},
 		{[]string{"load", "-redis", "127.0.0.1:1"}, exitFail, "luarate: cannot reach Redis at 127.0.0.1:1: "},
-		{[]string{"-redis", "nonsense"}, exitUsage, `luarate: bad Redis address "nonsense": want host:port or redis://host:port`},
+		{[]string{"-redis", "nonsense"}, exitUsage, `luarate: bad Redis address "nonsense": want host:port or redis://[user:password@]host:port`},
 		{[]string{"-bogus"}, exitUsage, "luarate: flag provided but not defined: -bogus (run 'luarate -h')"},
 		{[]string{"frobnicate"}, exitUsage, `luarate: unknown command "frobnicate"`},
 		{[]string{"try", "-algo", "nope"}, exitUsage, `luarate: try: invalid value "nope" for flag -algo: unknown algorithm "nope"; choose one of fixed_window, `},
@@ -130,13 +136,15 @@ func TestErrorsAreOneLine(t *testing.T) {
 }
 
 func TestHelp(t *testing.T) {
-	for _, args := range [][]string{{"-h"}, {"help"}, {"try", "-h"}, {"serve", "-h"}, {"scripts", "-h"}, {"load", "-h"}} {
+	for _, args := range [][]string{{"-h"}, {"help"}, {"try", "-h"}, {"serve", "-h"}, {"scripts", "-h"}, {"load", "-h"}, {"version", "-h"}} {
 		code, out, errOut := runLuarate(t, args...)
 		assert.Equal(t, 0, code, args)
 		assert.Empty(t, errOut)
 		assert.Contains(t, out, "Examples:", args)
 	}
-	_, out, _ := runLuarate(t, "try", "-h")
+	_, out, _ := runLuarate(t, "serve", "-h")
+	assert.Contains(t, out, `listen address (":8080" listens on every interface) (default "127.0.0.1:8080")`, "loopback unless asked")
+	_, out, _ = runLuarate(t, "try", "-h")
 	assert.Contains(t, out, "-algo", "flags are listed")
 	for _, name := range algorithmNames() {
 		assert.Contains(t, out, name)
@@ -284,7 +292,8 @@ func TestServe(t *testing.T) {
 			assert.Equal(t, []int{200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 429, 429}, codes)
 			assert.Equal(t, "10", last.Header.Get("X-RateLimit-Limit"))
 			assert.NotEmpty(t, last.Header.Get("Retry-After"))
-			assert.Equal(t, `"per-client";q=10;w=60`, last.Header.Get("RateLimit-Policy"))
+			assert.Equal(t, `"per-minute";q=10;w=60,"per-hour";q=100;w=3600`, last.Header.Get("RateLimit-Policy"), "two limits")
+			assert.Equal(t, `"per-minute";r=0;t=6`, last.Header.Get("RateLimit"), "the tighter one")
 
 			req, _ := http.NewRequest("GET", base+"/api/data", nil)
 			req.Header.Set("X-API-Key", "premium-key")
@@ -409,4 +418,166 @@ func TestServeLogin(t *testing.T) {
 			assert.Contains(t, logs.String(), "login locked")
 		})
 	}
+}
+
+// A client that sends a fresh random X-API-Key on every request is limited
+// as its IP address: an unverified key is no identity.
+func TestServeRandomAPIKeysAreLimitedByIP(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	h := demoAPI(luarate.New(embeddedClient(t), luarate.WithPrefix("demo:")), serveConfig{algo: luarate.GCRA, logger: logger})
+	var codes []int
+	for i := range 12 {
+		r := httptest.NewRequest("GET", "/api/data", nil)
+		r.RemoteAddr = "192.0.2.1:1"
+		r.Header.Set("X-API-Key", fmt.Sprintf("made-up-%d", i))
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		codes = append(codes, w.Code)
+	}
+	assert.Equal(t, []int{200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 429, 429}, codes)
+}
+
+func embeddedClient(t *testing.T) rueidis.Client {
+	b, err := startEmbedded()
+	require.NoError(t, err)
+	t.Cleanup(b.close)
+	return b.client
+}
+
+// demoRequest sends one request through h and returns the recorder.
+func demoRequest(h http.Handler, method, path, remote string, header ...string) *httptest.ResponseRecorder {
+	var body io.Reader
+	if method == "POST" {
+		body = strings.NewReader("username=alice&password=guess")
+	}
+	r := httptest.NewRequest(method, path, body)
+	if method == "POST" {
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	r.RemoteAddr = remote
+	for i := 0; i+1 < len(header); i += 2 {
+		r.Header.Set(header[i], header[i+1])
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+// stoppedClient is a client whose Redis is gone.
+func stoppedClient(t *testing.T) rueidis.Client {
+	m, c := redistest.Mini(t)
+	m.Close()
+	return c
+}
+
+// Every endpoint that refuses because Redis is down says so the same way:
+// 503, Retry-After: 1, a JSON body. /login always refuses; the API routes
+// serve (the default), refuse with -fail-closed, or keep limiting on this
+// process's share with -insurance.
+func TestServeRedisTroubleAnsweredAlike(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	want := `{"error":"rate limiter unavailable, retry later","retry_after":1}`
+	open := demoAPI(luarate.New(stoppedClient(t)), serveConfig{algo: luarate.GCRA, logger: logger})
+	closed := demoAPI(luarate.New(stoppedClient(t)), serveConfig{algo: luarate.GCRA, logger: logger, failClosed: true})
+	for name, w := range map[string]*httptest.ResponseRecorder{
+		"login":               demoRequest(open, "POST", "/login", "192.0.2.1:1"),
+		"login, fail closed":  demoRequest(closed, "POST", "/login", "192.0.2.1:1"),
+		"data, fail closed":   demoRequest(closed, "GET", "/api/data", "192.0.2.1:1"),
+		"search, fail closed": demoRequest(closed, "GET", "/api/search", "192.0.2.1:1"),
+	} {
+		assert.Equal(t, 503, w.Code, name)
+		assert.Equal(t, "1", w.Header().Get("Retry-After"), name)
+		assert.Equal(t, "application/json", w.Header().Get("Content-Type"), name)
+		assert.JSONEq(t, want, w.Body.String(), name)
+	}
+	assert.Equal(t, 200, demoRequest(open, "GET", "/api/data", "192.0.2.1:1").Code, "the API fails open by default")
+
+	ins := luarate.New(stoppedClient(t), insurance.With(insurance.Config{Instances: 2, Logger: logger}))
+	defer ins.Close()
+	insured := demoAPI(ins, serveConfig{algo: luarate.GCRA, logger: logger})
+	w := demoRequest(insured, "GET", "/api/data", "192.0.2.1:1")
+	assert.Equal(t, 200, w.Code)
+	assert.Equal(t, "5", w.Header().Get("X-RateLimit-Limit"), "this process's share of 10/minute")
+}
+
+// With -trusted-proxies the client is the address the proxy forwarded;
+// without, X-Forwarded-For is anyone's to forge and is ignored.
+func TestServeTrustedProxies(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	trusting := demoAPI(luarate.New(embeddedClient(t), luarate.WithPrefix("t1:")), serveConfig{algo: luarate.GCRA, logger: logger,
+		trusted: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+	plain := demoAPI(luarate.New(embeddedClient(t), luarate.WithPrefix("t2:")), serveConfig{algo: luarate.GCRA, logger: logger})
+	remaining := func(h http.Handler, client string) string {
+		return demoRequest(h, "GET", "/api/data", "10.0.0.1:1", "X-Forwarded-For", client).Header().Get("X-RateLimit-Remaining")
+	}
+	assert.Equal(t, "9", remaining(trusting, "192.0.2.1"))
+	assert.Equal(t, "9", remaining(trusting, "192.0.2.2"), "another client behind the proxy")
+	assert.Equal(t, "9", remaining(plain, "192.0.2.1"))
+	assert.Equal(t, "8", remaining(plain, "192.0.2.2"), "the proxy's address, whatever the header says")
+
+	code, _, errOut := runLuarate(t, "serve", "-trusted-proxies", "10.0.0.0/33")
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, "want CIDRs such as 10.0.0.0/8")
+}
+
+// A password in -redis or REDIS_URL is never printed: not in the banner, not
+// in an error.
+func TestRedisPasswordNeverPrinted(t *testing.T) {
+	mr := miniredis.NewMiniRedis()
+	mr.RequireAuth("secretpw")
+	require.NoError(t, mr.Start())
+	defer mr.Close()
+	for _, args := range [][]string{
+		{"try", "-n", "2", "-redis", "redis://:secretpw@" + mr.Addr()},
+		{"try", "-n", "2", "-redis", "redis://default:secretpw@" + mr.Addr()},
+		{"-redis", "redis://:secretpw@" + mr.Addr()},
+		{"load", "-redis", "redis://:secretpw@" + mr.Addr()},
+		{"try", "-redis", "redis://:secretpw@127.0.0.1:1"},
+		{"try", "-redis", "redis://:wrongpw@" + mr.Addr()},
+		{"try", "-redis", "redis://:secretpw@127.0.0.1:notaport"},
+		{"try", "-redis", "redis://:secretpw@%zz"},
+		{"try", "-redis", ":secretpw@127.0.0.1"},
+	} {
+		code, out, errOut := runLuarate(t, args...)
+		t.Log(args[len(args)-1], code, strings.SplitN(out, "\n", 2)[0], errOut)
+		assert.NotContains(t, out+errOut, "secretpw", args)
+		assert.NotContains(t, out+errOut, "wrongpw", args)
+	}
+	_, out, _ := runLuarate(t, "try", "-n", "1", "-redis", "redis://:secretpw@"+mr.Addr())
+	assert.Contains(t, out, "on Redis at redis://:xxxxx@"+mr.Addr())
+}
+
+// try -limits takes the notation of luarate.ParseLimits and applies every
+// limit at once.
+func TestTryLimits(t *testing.T) {
+	code, out, errOut := runLuarate(t, "try", "-limits", "5/hour;3/day", "-algo", "fixed_window", "-n", "6")
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, `fixed_window, 5/hour;3/day all at once, cost 1`)
+	assert.Contains(t, out, "6 requests: 3 allowed, 3 denied", "the tighter day limit")
+
+	for args, want := range map[string]string{
+		"-limits 10/fortnight":        `luarate: try: -limits: invalid limit: "10/fortnight" in "10/fortnight": unknown unit "fortnight"`,
+		"-limits 10/second -rate 5":   "luarate: try: -limits replaces -rate, -period and -burst",
+		"-limits 10/second;10/second": `another limit has the same period 1s`,
+		"-limits 2/second -cost 3":    "luarate: try: -cost must be from 0 to the capacity 2, got 3",
+	} {
+		code, _, errOut := runLuarate(t, append([]string{"try"}, strings.Fields(args)...)...)
+		assert.Equal(t, exitUsage, code, args)
+		assert.Contains(t, errOut, want, args)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"-version"}} {
+		code, out, errOut := runLuarate(t, args...)
+		require.Equal(t, 0, code, errOut)
+		assert.Regexp(t, `^luarate \S+`, out, "the module version first")
+		for _, s := range luarate.Scripts() {
+			assert.Regexp(t, fmt.Sprintf(`(?m)^%s\s+v%d\s+%s$`, s.Name, s.Version, s.SHA1), out)
+		}
+	}
+	assert.NotEqual(t, "(unknown)", moduleVersion(), "a test binary has build info")
+	code, _, errOut := runLuarate(t, "version", "extra")
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, `version: unexpected argument "extra"`)
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -47,6 +48,7 @@ func connect(ctx context.Context, addr string, embedded bool) (*backend, error) 
 	if err != nil {
 		return nil, usageError{err}
 	}
+	addr = redact(addr) // from here on addr is only printed
 	opt.Dialer = net.Dialer{Timeout: 3 * time.Second}
 	opt.DisableCache = true // the limiter never reads through the client-side cache
 	client, err := rueidis.NewClient(opt)
@@ -67,12 +69,16 @@ func clientOption(addr string) (rueidis.ClientOption, error) {
 	if strings.Contains(addr, "://") {
 		opt, err := rueidis.ParseURL(addr)
 		if err != nil {
-			return opt, fmt.Errorf("bad Redis URL %q: %v", addr, err)
+			msg := err.Error()
+			if secret := userinfo(addr); secret != "" {
+				msg = strings.ReplaceAll(msg, secret, "xxxxx")
+			}
+			return opt, fmt.Errorf("bad Redis URL %q: %s", redact(addr), msg)
 		}
 		return opt, nil
 	}
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return rueidis.ClientOption{}, fmt.Errorf("bad Redis address %q: want host:port or redis://host:port", addr)
+	if _, _, err := net.SplitHostPort(addr); err != nil || strings.Contains(addr, "@") {
+		return rueidis.ClientOption{}, fmt.Errorf("bad Redis address %q: want host:port or redis://[user:password@]host:port", redact(addr))
 	}
 	return rueidis.ClientOption{InitAddress: []string{addr}}, nil
 }
@@ -115,4 +121,30 @@ func startEmbedded() (*backend, error) {
 		client.Close()
 		mr.Close()
 	}}, nil
+}
+
+// redact hides the password of a Redis URL, for printing: what
+// url.URL.Redacted shows, or, for a URL that does not parse, everything
+// before the "@".
+func redact(addr string) string {
+	if u, err := url.Parse(addr); err == nil && u.Scheme != "" {
+		return u.Redacted()
+	}
+	if secret := userinfo(addr); secret != "" {
+		return strings.Replace(addr, secret+"@", "xxxxx@", 1)
+	}
+	return addr
+}
+
+// userinfo is the "user:password" part of scheme://user:password@host (or
+// of user:password@host), or "".
+func userinfo(addr string) string {
+	rest := addr
+	if _, after, ok := strings.Cut(addr, "://"); ok {
+		rest = after
+	}
+	if at := strings.LastIndex(rest, "@"); at > 0 {
+		return rest[:at]
+	}
+	return ""
 }

@@ -18,9 +18,11 @@ import (
 
 const tryHelp = `Usage: luarate try [flags]
 
-Sends N requests, one after the other, to one key under one limit and prints a
-table of the decisions the script made: allowed, remaining, reset and retry
-times (milliseconds, as the scripts reply). Long runs print a progress line on
+Sends N requests, one after the other, to one key under one limit (-rate per
+-period) or several at once (-limits, in the notation of luarate.ParseLimits
+and the httplimit middleware) and prints a table of the decisions the script
+made: allowed, remaining, reset and retry times (milliseconds, as the scripts
+reply; with several limits, those of the tightest). Long runs print a progress line on
 stderr and fold repeated rows; -all shows every row.
 
 Examples:
@@ -28,17 +30,20 @@ Examples:
   luarate try -algo fixed_window -rate 5 -n 8
   luarate try -algo token_bucket -rate 2 -burst 5 -every 250ms -n 20
   luarate try -algo leaky_queue -rate 10 -burst 4 -n 6   # adds delay_ms: each one's wait
+  luarate try -limits '3/second;5/minute' -every 250ms -n 12
   luarate try -n 100000 -redis 127.0.0.1:6379   # how many of 100k get through
 `
 
 // tryConfig is one run of requests.
 type tryConfig struct {
-	limit luarate.Limit
-	n     int
-	cost  int
-	every time.Duration
-	key   string
-	all   bool
+	limit  luarate.Limit   // -algo, -rate, -period, -burst
+	spec   string          // -limits; replaces limit
+	limits []luarate.Limit // what the run applies
+	n      int
+	cost   int
+	every  time.Duration
+	key    string
+	all    bool
 	// settle: after the n requests, wait the last RetryAfter and try once
 	// more, to show a denied client getting in on time (the default job).
 	settle bool
@@ -49,6 +54,13 @@ func try(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg, redis, timeout := tryFlags(fs)
 	if err := parseFlags(fs, args, tryHelp, stdout); err != nil {
 		return err
+	}
+	var both bool
+	fs.Visit(func(f *flag.Flag) {
+		both = both || (cfg.spec != "" && (f.Name == "rate" || f.Name == "period" || f.Name == "burst"))
+	})
+	if both {
+		return usageError{fmt.Errorf("try: -limits replaces -rate, -period and -burst: give one or the other")}
 	}
 	if err := cfg.finish(); err != nil {
 		return err
@@ -81,7 +93,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer b.close()
-	cfg := tryConfig{limit: luarate.PerSecond(luarate.GCRA, 10), n: 12, cost: 1, key: randomKey("demo"), settle: true}
+	cfg := tryConfig{limits: []luarate.Limit{luarate.PerSecond(luarate.GCRA, 10)}, n: 12, cost: 1, key: randomKey("demo"), settle: true}
 	if err := cfg.run(ctx, luarate.New(b.client), b.where, stdout, stderr); err != nil {
 		return err
 	}
@@ -104,6 +116,7 @@ func tryFlags(fs *flag.FlagSet) (*tryConfig, *string, *time.Duration) {
 	fs.IntVar(&cfg.limit.Rate, "rate", 10, "requests per -period")
 	fs.DurationVar(&cfg.limit.Period, "period", time.Second, "the period of -rate, in whole milliseconds")
 	fs.IntVar(&cfg.limit.Burst, "burst", 0, "capacity: how many at once (0 = rate)")
+	fs.StringVar(&cfg.spec, "limits", "", "several `limits` at once, such as '10/second;1000/day' (instead of -rate, -period and -burst)")
 	fs.IntVar(&cfg.n, "n", 15, "number of requests, 1 to 1000000")
 	fs.IntVar(&cfg.cost, "cost", 1, "cost of each request (0 = peek)")
 	fs.DurationVar(&cfg.every, "every", 0, "pause between requests (0 = back to back)")
@@ -119,14 +132,25 @@ func (c *tryConfig) finish() error {
 	if c.limit.Algorithm == 0 {
 		c.limit.Algorithm = luarate.GCRA
 	}
-	if err := c.limit.Validate(); err != nil {
-		return usageError{fmt.Errorf("try: %v", strings.TrimPrefix(err.Error(), "luarate: "))}
+	if c.spec != "" {
+		limits, err := luarate.ParseLimits(c.spec, c.limit.Algorithm)
+		if err != nil {
+			return usageError{fmt.Errorf("try: -limits: %v", strings.TrimPrefix(err.Error(), "luarate: "))}
+		}
+		c.limits = limits
+	} else {
+		if err := c.limit.Validate(); err != nil {
+			return usageError{fmt.Errorf("try: %v", strings.TrimPrefix(err.Error(), "luarate: "))}
+		}
+		c.limits = []luarate.Limit{c.limit}
 	}
 	if c.n < 1 || c.n > 1_000_000 {
 		return usageError{fmt.Errorf("try: -n must be from 1 to 1000000, got %d", c.n)}
 	}
-	if c.cost < 0 || c.cost > c.limit.Capacity() {
-		return usageError{fmt.Errorf("try: -cost must be from 0 to the capacity %d, got %d", c.limit.Capacity(), c.cost)}
+	for _, lim := range c.limits {
+		if c.cost < 0 || c.cost > lim.Capacity() {
+			return usageError{fmt.Errorf("try: -cost must be from 0 to the capacity %d, got %d", lim.Capacity(), c.cost)}
+		}
 	}
 	if c.every < 0 {
 		return usageError{fmt.Errorf("try: -every must not be negative, got %v", c.every)}
@@ -139,9 +163,13 @@ func (c *tryConfig) finish() error {
 
 // run sends the requests and prints the table and a summary.
 func (c *tryConfig) run(ctx context.Context, l *luarate.Limiter, where string, stdout, stderr io.Writer) error {
-	lim := c.limit
-	fmt.Fprintf(stdout, "%s, %d per %v, burst %d, cost %d, key %q, on %s\n\n",
-		lim.Algorithm, lim.Rate, lim.Period, lim.Capacity(), c.cost, c.key, where)
+	lim := c.limits[0]
+	if c.spec != "" {
+		fmt.Fprintf(stdout, "%s, %s all at once, cost %d, key %q, on %s\n\n", lim.Algorithm, c.spec, c.cost, c.key, where)
+	} else {
+		fmt.Fprintf(stdout, "%s, %d per %v, burst %d, cost %d, key %q, on %s\n\n",
+			lim.Algorithm, lim.Rate, lim.Period, lim.Capacity(), c.cost, c.key, where)
+	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	queued := lim.Algorithm == luarate.LeakyQueue // admitted requests wait delay_ms
 	header, alike := "#\tat_ms\tallowed\tremaining\treset_ms\tretry_ms\t", "(+%d alike)\t\t\t\t\t\t\n"
@@ -167,7 +195,7 @@ func (c *tryConfig) run(ctx context.Context, l *luarate.Limiter, where string, s
 				return fmt.Errorf("stopped after %d requests: %v", i-1, err)
 			}
 		}
-		res, err := l.AllowN(ctx, c.key, lim, c.cost)
+		res, err := l.AllowMulti(ctx, c.key, c.cost, c.limits...)
 		if err != nil {
 			tw.Flush()
 			return fmt.Errorf("request %d: %v", i, err)
@@ -195,7 +223,7 @@ func (c *tryConfig) run(ctx context.Context, l *luarate.Limiter, where string, s
 		if err := sleep(ctx, last.RetryAfter); err != nil {
 			return err
 		}
-		res, err := l.AllowN(ctx, c.key, lim, c.cost)
+		res, err := l.AllowMulti(ctx, c.key, c.cost, c.limits...)
 		if err != nil {
 			return fmt.Errorf("request %d: %v", c.n+1, err)
 		}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Transcript test: runs the README's `redis-cli --eval` examples (and the rest
-# of transcript.txt) from the project root against a redis-server it starts
-# on a free loopback port, and compares the output line by line. README
-# redis-cli lines that the transcript does not list, and every script's own
+# Transcript test: runs the documents' `redis-cli` examples (and the rest of
+# transcript.txt) from the project root against a redis-server it starts on a
+# free loopback port, and compares the output line by line. redis-cli lines of
+# the documents that the transcript does not list, and every script's own
 # header example, are run too: they must answer without an error (limiter
 # scripts: with exactly seven integers).
 # Prints "N passed, N failed"; exits non-zero on any failure.
@@ -18,12 +18,11 @@ start_redis "$tmp"
 passed=0 failed=0
 fail() { echo "FAIL: $*"; failed=$((failed + 1)); }
 
-# cli runs a pasted "redis-cli ..." line on our server, with terminal-style output.
+# cli runs a pasted "redis-cli ..." line on our server, with terminal-style
+# output. Words are split as a shell would (quotes and all), without expansion.
 cli() {
   local -a words
-  set -f # the line's quotes group words (a limit is one quoted argument); no globbing
-  eval "words=($1)"
-  set +f
+  mapfile -t words < <(xargs printf '%s\n' <<<"$1")
   [ "${words[0]}" = redis-cli ] || { echo "not a redis-cli command: $1"; return; }
   redis-cli --no-raw -p "$REDIS_PORT" "${words[@]:1}" 2>&1
 }
@@ -97,12 +96,13 @@ smoke() {
   fi
 }
 
-# 2. README redis-cli lines that the transcript does not pin down still run
-while IFS= read -r line; do
+# 2. the documents' redis-cli lines that the transcript does not pin down still run
+docs=(README.md scripts/README.md docs/*.md)
+while IFS=: read -r doc line; do
   found=0
   for c in "${commands[@]}"; do [ "$c" = "$line" ] && found=1; done
-  ((found)) || smoke "README.md (not in $here/transcript.txt)" "$line"
-done < <(grep -E '^redis-cli ' README.md)
+  ((found)) || smoke "$doc (not in $here/transcript.txt)" "$line"
+done < <(grep -HE '^redis-cli ' "${docs[@]}")
 
 # 3. every script's header example works as pasted, on an empty server
 for f in scripts/*.lua; do

@@ -1,0 +1,153 @@
+"""luarate for Flask: rate limits decided inside Redis by luarate's Lua scripts.
+
+Copy this file and the scripts/ directory. Keys are built as the Go client
+builds them, so a Go service limiting the same key shares the same limit.
+
+    limiter = Limiter(redis.Redis.from_url(url), "path/to/scripts")
+
+    @app.get("/public")
+    @limiter.limit("10/minute")          # several: "10/second;1000/day"
+    def public(): ...
+"""
+import functools, hashlib, ipaddress, logging, math, os, re
+from collections import namedtuple
+from flask import g, jsonify, make_response, request
+from redis.exceptions import RedisError, ResponseError
+
+log = logging.getLogger("luarate")
+Result = namedtuple("Result", "allowed limit remaining reset_after_ms retry_after_ms")
+UNIT_MS = {"s": 1000, "second": 1000, "m": 60000, "minute": 60000,
+           "h": 3600000, "hour": 3600000, "d": 86400000, "day": 86400000}
+LIMIT_RE = re.compile(r"^(\d+)\s*(?:/|\s+per\s+)\s*(\d*)\s*(s|m|h|d|second|minute|hour|day)s?$")
+
+
+def parse_limits(text):
+    """"10/second;1000/day", "10 per minute", "5/15m" -> [(rate, period_ms), ...]."""
+    limits = []
+    for part in re.split(r"[;,]", text):
+        m = LIMIT_RE.match(part.strip().lower())
+        if not m or int(m[1]) < 1 or m[2] == "0":
+            raise ValueError(f"luarate: bad limit {part.strip()!r} in {text!r}: want N/unit "
+                             "or N per unit or N/<count><unit>, unit second, minute, hour or day")
+        period = int(m[2] or 1) * UNIT_MS[m[3]]
+        if any(p == period for _, p in limits):
+            raise ValueError(f"luarate: two limits with period {period} ms in {text!r}")
+        limits.append((int(m[1]), period))
+    return limits
+
+
+# The script contract (v2, see the header of any scripts/*.lua). Only these two
+# functions know it.
+def script_args(limits, cost, mode="take", lockout_ms=0):
+    """ARGV: rate, period_ms, burst (0 = rate) per limit; cost; now_ms ("" =
+    Redis TIME); mode; lockout_ms per limit."""
+    argv = [x for rate, period_ms in limits for x in (rate, period_ms, 0)] + [cost]
+    if mode != "take" or lockout_ms:
+        argv += ["", mode] + ([lockout_ms] * len(limits) if lockout_ms else [])
+    return argv
+
+
+def decode_reply(reply):
+    """{allowed, limit, remaining, reset_after_ms, retry_after_ms, delay_ms, granted}"""
+    if not isinstance(reply, list) or len(reply) != 7 or not all(isinstance(v, int) for v in reply):
+        raise RedisError(f"luarate: not a luarate reply: {reply!r}")
+    return Result(reply[0] == 1, *reply[1:5])
+
+
+def set_headers(headers, res):
+    """The headers of the Go middleware (luarate Result.SetHeaders)."""
+    headers["X-RateLimit-Limit"] = str(res.limit)
+    headers["X-RateLimit-Remaining"] = str(res.remaining)
+    headers["X-RateLimit-Reset"] = str(math.ceil(res.reset_after_ms / 1000))  # seconds from now
+    if not res.allowed:
+        headers["Retry-After"] = str(max(math.ceil(res.retry_after_ms / 1000), 1))
+
+
+def denied(res, error="rate limit exceeded"):
+    """The Go middleware's 429: headers set, and a JSON body."""
+    resp = make_response(jsonify(error=error, retry_after=max(math.ceil(res.retry_after_ms / 1000), 1),
+                                 retry_after_ms=res.retry_after_ms), 429)
+    set_headers(resp.headers, res)
+    return resp
+
+
+def ip_key():
+    """The client's address as the Go httplimit.IP() keys it; IPv6 by its /64."""
+    ip = ipaddress.ip_address(request.remote_addr)
+    return f"ip:{ipaddress.ip_network(f'{ip}/64', strict=False)}" if ip.version == 6 else f"ip:{ip}"
+
+
+def verified_api_key(value):
+    """Call once the app has checked the key (as Go httplimit.Header names it):
+    the request is then limited by the key instead of its IP."""
+    g.luarate_key = "x-api-key:" + hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+def escape_braces(s):
+    """As the Go client: %, { and } become %25, %7B and %7D inside the {hash tag}."""
+    return re.sub(r"[%{}]", lambda m: "%{:02X}".format(ord(m[0])), s)
+
+
+def default_key():
+    return g.get("luarate_key") or ip_key()
+
+
+class Limiter:
+    """fail_open: serve requests when Redis cannot decide (the default, as the Go
+    middleware), or answer 503. algorithm: a script name from scripts_dir."""
+
+    def __init__(self, redis_client, scripts_dir, prefix="rl:", fail_open=True, algorithm="gcra"):
+        self.prefix, self.fail_open, self.algorithm = escape_braces(prefix), fail_open, algorithm
+        self.scripts = {}  # name -> (key tag, script)
+        for file in sorted(os.listdir(scripts_dir)):
+            with open(os.path.join(scripts_dir, file), "rb") as f:
+                src = f.read()
+            m = re.match(rb"-- luarate: ([a-z_]+) v([1-9][0-9]*)\n", src)
+            if m:  # "-- luarate: sliding_window_log v2" -> key tag "swl2"
+                tag = "".join(w[0] for w in m[1].decode().split("_")) + m[2].decode()
+                self.scripts[m[1].decode()] = (tag, redis_client.register_script(src))
+
+    def hit(self, key, limits, cost=1, mode="take", lockout_ms=0, algorithm=None):
+        """One atomic decision over every limit. Raises RedisError when Redis cannot decide."""
+        tag, script = self.scripts[algorithm or self.algorithm]
+        keys = [f"{self.prefix}{{{escape_braces(key)}}}:{tag}:{period}" for _, period in limits]
+        return decode_reply(script(keys=keys, args=script_args(limits, cost, mode, lockout_ms)))
+
+    def limit(self, limits, key=default_key, scope=None, algorithm=None, fail_open=None):
+        """Decorator: limits is a string, or a function (reading flask.request)
+        returning one. Each route counts apart (scope: its endpoint, e.g. "public"
+        or "blueprint.view"); routes given one scope share a counter, and
+        scope="" is the bare key."""
+        fixed = None if callable(limits) else parse_limits(limits)
+        cached = functools.lru_cache(maxsize=64)(parse_limits)
+
+        def decorate(view):
+            @functools.wraps(view)
+            def wrapped(*args, **kwargs):
+                name = request.endpoint if scope is None else scope
+                k = f"{name}:{key()}" if name else key()
+                try:
+                    res = self.hit(k, fixed or cached(limits()), algorithm=algorithm)
+                except RedisError as e:
+                    if isinstance(e, ResponseError) and "luarate:" in str(e):
+                        raise  # the script refused the limit or key: a bug, not an outage
+                    return self.unavailable(k, e, self.fail_open if fail_open is None else fail_open,
+                                            lambda: view(*args, **kwargs))
+                if not res.allowed:
+                    return denied(res)
+                resp = make_response(view(*args, **kwargs))
+                set_headers(resp.headers, res)
+                return resp
+            return wrapped
+        return decorate
+
+    def unavailable(self, key, err, fail_open, serve=None):
+        """Log why there is no decision; serve() when failing open, else 503."""
+        outcome = "failed_open" if fail_open else "failed_closed"
+        log.error("luarate: no rate-limit decision outcome=%s key=%s method=%s path=%s error=%r",
+                  outcome, key, request.method, request.path, err)
+        if fail_open:
+            return serve()
+        resp = make_response(jsonify(error="rate limiter unavailable, retry later", retry_after=1), 503)
+        resp.headers["Retry-After"] = "1"
+        return resp
