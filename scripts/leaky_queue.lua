@@ -449,7 +449,7 @@ local function run()
     if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
       fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, #requests + 1, printable(h))
     end
-    requests[#requests + 1] = {k, n, a + 1, cost + 0, how or ''}
+    requests[#requests + 1] = {k, n, a + 1, cost, how or ''}
     k, a = k + n, a + n + 1
   end
   if #requests == 0 or #requests > 32 or nkeys > 64 or k <= nkeys then
@@ -459,7 +459,10 @@ local function run()
   local out = {}
   for j = 1, #requests do
     local q = requests[j]
-    local ok, r = pcall(decide, q[1], q[2], q[3], q[4], q[5], now)
+    local ok, r = true, q[2] == 1 and (q[5] == '' or q[5] == 'take') and fast(KEYS[q[1]], ARGV[q[3]], q[4], now, true)
+    if not r then
+      ok, r = pcall(decide, q[1], q[2], q[3], q[4] + 0, q[5], now)
+    end
     if ok then
       for i = 1, 7 do
         out[#out + 1] = r[i]
