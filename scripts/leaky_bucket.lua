@@ -268,10 +268,17 @@ local function load(k, a, i, cost, now, stored)
     if not l then
       l, u, x = string.match(stored, '^lb3 (%d+) (%d+) (%d+)$')
     end
-    if not l or #l > 16 or #u > 13 or #x > 13 or l + 0 > 4e15 or u + 0 > 4e12 or x + 0 > 5e12 then
+    if not l or #l > 16 or #u > 13 or #x > 13 then
       fail('KEYS[%d] holds a value leaky_bucket v3 did not write; use another key', k + i - 1)
     end
+    local lock = 0 -- locked_until_ms
+    if x ~= '0' then
+      lock = x + 0
+    end
     l, u = l + 0, u + 0
+    if l > 4e15 or u > 4e12 or lock > 5e12 then
+      fail('KEYS[%d] holds a value leaky_bucket v3 did not write; use another key', k + i - 1)
+    end
     if now > u then
       -- leak; compare before multiplying so huge gaps stay exact
       if now - u >= l / drain then
@@ -284,15 +291,15 @@ local function load(k, a, i, cost, now, stored)
     if l > 4e12 * drain then
       l = 4e12 * drain -- left by another rate: at most 4e12 ms to drain
     end
-    lim.level, lim.updated, lim.lock = l, u, x + 0
+    lim.level, lim.updated, lim.lock = l, u, lock
   end
   return lim
 end
 
--- state is what a key holds after a decision: the value and its TTL in ms,
--- or false when the bucket is empty and unlocked and needs no state.
-local function state(lim, now)
-  local reset = lim.updated - now + math.ceil(lim.level / lim.drain)
+-- state is what a key holds after a decision that leaves the bucket reset ms
+-- from empty (reset_after_ms, lock aside): the value and its TTL in ms, or
+-- false when the bucket is empty and unlocked and needs no state.
+local function state(lim, now, reset)
   if lim.lock > now then
     local wait = lim.lock - now
     return {string.format('lb3 %d %d %d', lim.level, lim.updated, lim.lock), string.format('%d', reset > wait and reset or wait)}
@@ -339,48 +346,51 @@ local function decide(k, n, a, cost, how, now, stored)
   end
 
   local reply
-  local writes = {} -- key index -> state to write, when the request is decided
+  local writes, admits = {}, {} -- key index -> state to write: whatever is decided; if all admit
   for i = 1, n do
     local lim = lims[i]
+    local level, unit, drain, capacity, lock = lim.level, lim.unit, lim.drain, lim.capacity, lim.lock
     local given = 0
-    if how == 'refund' and lim.level > 0 then
-      given = cost * lim.unit
-      if lim.level < given then
-        given = lim.level
+    if how == 'refund' and level > 0 then
+      given = cost * unit
+      if level < given then
+        given = level
       end
-      lim.level = lim.level - given
-      given = math.ceil(given / lim.unit)
+      level = level - given
+      lim.level = level
+      given = math.ceil(given / unit)
     end
     -- updated > now when the clock went back: leaking resumes from updated
     local lag = lim.updated - now
-    local need = take * lim.unit
-    local free = lim.capacity - lim.level
+    local need = take * unit
+    local free = capacity - level
     if free < 0 then
       free = 0 -- the limit was lowered since this state was written
     end
-    local reset = lag + math.ceil(lim.level / lim.drain)
+    local reset = lag + math.ceil(level / drain)
     local fits = need <= free
-    local locks = not fits and take > 0 and lim.lockout > 0 and lim.lock <= now
+    local locks = not fits and take > 0 and lim.lockout > 0 and lock <= now
     if locks then
-      lim.lock = now + lim.lockout
-    end
-    local r
-    if lim.lock > now then
-      -- locked: denied until the lock ends, or later if it would not fit then
-      local wait = lim.lock - now
-      local retry = fits and 0 or lag + math.ceil((lim.level + need - lim.capacity) / lim.drain)
-      r = {0, lim.burst, 0, reset > wait and reset or wait, retry > wait and retry or wait, 0, given}
-    elseif fits then
-      r = {1, lim.burst, math.floor((free - need) / lim.unit), lag + math.ceil((lim.level + need) / lim.drain), 0, 0, given + take}
-    else
-      r = {0, lim.burst, math.floor(free / lim.unit), reset, lag + math.ceil((lim.level + need - lim.capacity) / lim.drain), 0, given}
+      lock = now + lim.lockout
+      lim.lock = lock
     end
     if locks or given > 0 then
-      writes[i] = state(lim, now) -- written whatever the other limits decide
+      writes[i] = state(lim, now, reset) -- written whatever the other limits decide
     end
-    if fits and take > 0 and lim.lock <= now then
-      lim.level = lim.level + need
-      lim.admitted = state(lim, now) -- written only if every limit admits
+    local r
+    if lock > now then
+      -- locked: denied until the lock ends, or later if it would not fit then
+      local wait = lock - now
+      local retry = fits and 0 or lag + math.ceil((level + need - capacity) / drain)
+      r = {0, lim.burst, 0, reset > wait and reset or wait, retry > wait and retry or wait, 0, given}
+    elseif fits then
+      r = {1, lim.burst, math.floor((free - need) / unit), lag + math.ceil((level + need) / drain), 0, 0, given + take}
+      if take > 0 then
+        lim.level = level + need
+        admits[i] = state(lim, now, r[4]) -- written only if every limit admits
+      end
+    else
+      r = {0, lim.burst, math.floor(free / unit), reset, lag + math.ceil((level + need - capacity) / drain), 0, given}
     end
     if tighter(r, reply) then
       reply = r
@@ -392,7 +402,7 @@ local function decide(k, n, a, cost, how, now, stored)
   for i = 1, n do
     local w = writes[i]
     if reply[1] == 1 and take > 0 then
-      w = lims[i].admitted
+      w = admits[i]
     end
     if w then
       redis.call('SET', KEYS[k + i - 1], w[1], 'PX', w[2])

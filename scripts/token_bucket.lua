@@ -262,10 +262,17 @@ local function load(k, a, i, cost, now, stored)
     if not l then
       l, u, x = string.match(stored, '^tb3 (%d+) (%d+) (%d+)$')
     end
-    if not l or #l > 16 or #u > 13 or #x > 13 or l + 0 > 4e15 or u + 0 > 4e12 or x + 0 > 5e12 then
+    if not l or #l > 16 or #u > 13 or #x > 13 then
       fail('KEYS[%d] holds a value token_bucket v3 did not write; use another key', k + i - 1)
     end
+    local lock = 0 -- locked_until_ms
+    if x ~= '0' then
+      lock = x + 0
+    end
     l, u = l + 0, u + 0
+    if l > 4e15 or u > 4e12 or lock > 5e12 then
+      fail('KEYS[%d] holds a value token_bucket v3 did not write; use another key', k + i - 1)
+    end
     if now > u then
       -- refill; compare before multiplying so huge gaps stay exact
       if now - u >= (capacity - l) / fill then
@@ -278,15 +285,15 @@ local function load(k, a, i, cost, now, stored)
     if l > capacity then
       l = capacity -- the limit was lowered since this state was written
     end
-    lim.level, lim.updated, lim.lock = l, u, x + 0
+    lim.level, lim.updated, lim.lock = l, u, lock
   end
   return lim
 end
 
--- state is what a key holds after a decision: the value and its TTL in ms,
--- or false when the bucket is full and unlocked and needs no state.
-local function state(lim, now)
-  local reset = lim.updated - now + math.ceil((lim.capacity - lim.level) / lim.fill)
+-- state is what a key holds after a decision that leaves the bucket reset ms
+-- from full (reset_after_ms, lock aside): the value and its TTL in ms, or
+-- false when the bucket is full and unlocked and needs no state.
+local function state(lim, now, reset)
   if lim.lock > now then
     local wait = lim.lock - now
     return {string.format('tb3 %d %d %d', lim.level, lim.updated, lim.lock), string.format('%d', reset > wait and reset or wait)}
@@ -330,45 +337,48 @@ local function decide(k, n, a, cost, how, now, stored)
   end
 
   local reply
-  local writes = {} -- key index -> state to write, when the request is decided
+  local writes, admits = {}, {} -- key index -> state to write: whatever is decided; if all admit
   for i = 1, n do
     local lim = lims[i]
+    local level, unit, fill, capacity, lock = lim.level, lim.unit, lim.fill, lim.capacity, lim.lock
     local given = 0
-    if how == 'refund' and lim.level < lim.capacity then
-      given = lim.capacity - lim.level
-      if given > cost * lim.unit then
-        given = cost * lim.unit
+    if how == 'refund' and level < capacity then
+      given = capacity - level
+      if given > cost * unit then
+        given = cost * unit
       end
-      lim.level = lim.level + given
-      given = math.ceil(given / lim.unit)
+      level = level + given
+      lim.level = level
+      given = math.ceil(given / unit)
     end
     -- updated > now when the clock went back: refill resumes from updated
     local lag = lim.updated - now
-    local need = take * lim.unit
-    local reset = lag + math.ceil((lim.capacity - lim.level) / lim.fill)
-    local fits = lim.level >= need
-    local locks = not fits and take > 0 and lim.lockout > 0 and lim.lock <= now
+    local need = take * unit
+    local reset = lag + math.ceil((capacity - level) / fill)
+    local fits = level >= need
+    local locks = not fits and take > 0 and lim.lockout > 0 and lock <= now
     if locks then
-      lim.lock = now + lim.lockout
-    end
-    local r
-    if lim.lock > now then
-      -- locked: denied until the lock ends, or later if it would not fit then
-      local wait = lim.lock - now
-      local retry = fits and 0 or lag + math.ceil((need - lim.level) / lim.fill)
-      r = {0, lim.burst, 0, reset > wait and reset or wait, retry > wait and retry or wait, 0, given}
-    elseif fits then
-      local left = lim.level - need
-      r = {1, lim.burst, math.floor(left / lim.unit), lag + math.ceil((lim.capacity - left) / lim.fill), 0, 0, given + take}
-    else
-      r = {0, lim.burst, math.floor(lim.level / lim.unit), reset, lag + math.ceil((need - lim.level) / lim.fill), 0, given}
+      lock = now + lim.lockout
+      lim.lock = lock
     end
     if locks or given > 0 then
-      writes[i] = state(lim, now) -- written whatever the other limits decide
+      writes[i] = state(lim, now, reset) -- written whatever the other limits decide
     end
-    if fits and take > 0 and lim.lock <= now then
-      lim.level = lim.level - need
-      lim.admitted = state(lim, now) -- written only if every limit admits
+    local r
+    if lock > now then
+      -- locked: denied until the lock ends, or later if it would not fit then
+      local wait = lock - now
+      local retry = fits and 0 or lag + math.ceil((need - level) / fill)
+      r = {0, lim.burst, 0, reset > wait and reset or wait, retry > wait and retry or wait, 0, given}
+    elseif fits then
+      local left = level - need
+      r = {1, lim.burst, math.floor(left / unit), lag + math.ceil((capacity - left) / fill), 0, 0, given + take}
+      if take > 0 then
+        lim.level = left
+        admits[i] = state(lim, now, r[4]) -- written only if every limit admits
+      end
+    else
+      r = {0, lim.burst, math.floor(level / unit), reset, lag + math.ceil((need - level) / fill), 0, given}
     end
     if tighter(r, reply) then
       reply = r
@@ -380,7 +390,7 @@ local function decide(k, n, a, cost, how, now, stored)
   for i = 1, n do
     local w = writes[i]
     if reply[1] == 1 and take > 0 then
-      w = lims[i].admitted
+      w = admits[i]
     end
     if w then
       redis.call('SET', KEYS[k + i - 1], w[1], 'PX', w[2])
