@@ -76,80 +76,99 @@
 --   redis-cli --eval scripts/leaky_bucket.lua rl:{ex}:lb , '10 1000 20'
 --   redis-cli --eval scripts/leaky_bucket.lua rl:{ex}:lb rl:{ex}:lb:s rl:{ex}:lb:h , batch '' '1 1' '10 1000 20' '2 1' '10 1000 0' '100 3600000 0'
 
--- The common call (one limit, no lockout, take or peek, Redis's clock) is
--- decided here, before anything else is defined; every other call, and any
--- argument or state this path does not accept, goes on to the general path
--- below, which decides the same and names what is wrong.
-local spec, c, nargs = ARGV[1] or '', ARGV[2] or '1', #ARGV
-if #KEYS == 1 and nargs <= 2 and #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
-  local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
-  if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
-    local key = KEYS[1]
-    local stored = redis.pcall('GET', key)
-    local level, updated = false, false
-    if type(stored) == 'string' then
-      level, updated = string.match(stored, '^lb3 (%d+) (%d+)$')
-    end
-    if level and #level <= 16 and #updated <= 13 or not stored then
-      rate, period, burst = rate + 0, period + 0, burst + 0
-      if c == '1' then
-        c = 1
-      else
-        c = c + 0
+-- fast decides the common call, one limit without a lockout taken (or
+-- peeked, cost 0) at now (microseconds; nil = Redis TIME), for the plain form
+-- and for each such request of a batch. It is defined before anything else,
+-- so the plain call pays for no other function. It returns nil for any
+-- argument or state it does not accept: the general path below then decides
+-- the same call, and names what is wrong.
+local function fast(key, spec, c, now, batched)
+  if #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
+    local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
+    if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
+      local stored = redis.pcall('GET', key)
+      local level, updated = false, false
+      if type(stored) == 'string' then
+        level, updated = string.match(stored, '^lb3 (%d+) (%d+)$')
       end
-      if burst == 0 then
-        burst = rate
-      end
-      local g, b = rate, period -- g = gcd(rate, period)
-      while b > 0 do
-        local r = g % b
-        g = b
-        b = r
-      end
-      local unit, drain = period / g, rate / g -- units per request; units drained per ms
-      local capacity = burst * unit
-      if rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12 and burst <= 1e9 and c <= burst and capacity <= 4e15 and capacity <= 4e12 * drain then
-        local t = redis.call('TIME')
-        local us = t[2] + 0
-        local now = t[1] * 1000 + (us - us % 1000) / 1000
-        if level then
-          level, updated = level + 0, updated + 0
+      if level and #level <= 16 and #updated <= 13 or not stored then
+        rate, period, burst = rate + 0, period + 0, burst + 0
+        if c == '1' then
+          c = 1
         else
-          level, updated = 0, now
+          c = c + 0
         end
-        if level <= 4e15 and updated <= 4e12 then
-          if now > updated then
-            if now - updated >= level / drain then
-              level = 0
-            else
-              level = level - (now - updated) * drain
+        if burst == 0 then
+          burst = rate
+        end
+        local g, b = rate, period -- g = gcd(rate, period)
+        while b > 0 do
+          local r = g % b
+          g = b
+          b = r
+        end
+        local unit, drain = period / g, rate / g -- units per request; units drained per ms
+        local capacity = burst * unit
+        if rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12 and burst <= 1e9 and c <= burst and capacity <= 4e15 and capacity <= 4e12 * drain then
+          if not now then
+            local t = redis.call('TIME')
+            now = t[1] * 1000000 + t[2]
+          end
+          now = (now - now % 1000) / 1000
+          if level then
+            level, updated = level + 0, updated + 0
+          else
+            level, updated = 0, now
+          end
+          if level <= 4e15 and updated <= 4e12 then
+            if now > updated then
+              if now - updated >= level / drain then
+                level = 0
+              else
+                level = level - (now - updated) * drain
+              end
+              updated = now
             end
-            updated = now
+            if level > 4e12 * drain then
+              level = 4e12 * drain -- left by another rate: at most 4e12 ms to drain
+            end
+            local lag, need, free = updated - now, c * unit, capacity - level -- lag > 0: the clock went back
+            if free < 0 then
+              free = 0 -- the limit was lowered since this state was written
+            end
+            -- floor(a / b) = (a - a % b) / b and ceil(a / b) = (a + -a % b) / b,
+            -- exact for these integers, without a function call
+            if need > free then
+              local over = level + need - capacity
+              return {0, burst, (free - free % unit) / unit, lag + (level + -level % drain) / drain, lag + (over + -over % drain) / drain, 0, 0}
+            end
+            level, free = level + need, free - need
+            local reset = lag + (level + -level % drain) / drain
+            if c > 0 then
+              redis.call('SET', key, string.format('lb3 %d %d', level, updated), 'PX', string.format('%d', reset))
+            end
+            return {1, burst, (free - free % unit) / unit, reset, 0, 0, c}
           end
-          if level > 4e12 * drain then
-            level = 4e12 * drain -- left by another rate: at most 4e12 ms to drain
-          end
-          local lag, need, free = updated - now, c * unit, capacity - level -- lag > 0: the clock went back
-          if free < 0 then
-            free = 0 -- the limit was lowered since this state was written
-          end
-          -- floor(a / b) = (a - a % b) / b and ceil(a / b) = (a + -a % b) / b,
-          -- exact for these integers, without a function call
-          if need > free then
-            local over = level + need - capacity
-            return {0, burst, (free - free % unit) / unit, lag + (level + -level % drain) / drain, lag + (over + -over % drain) / drain, 0, 0}
-          end
-          level, free = level + need, free - need
-          local reset = lag + (level + -level % drain) / drain
-          if c > 0 then
-            redis.call('SET', key, string.format('lb3 %d %d', level, updated), 'PX', string.format('%d', reset))
-          end
-          return {1, burst, (free - free % unit) / unit, reset, 0, 0, c}
         end
       end
     end
   end
+  return nil
 end
+
+-- luarate shared: plain (the same in every limiter script)
+-- The plain form of the common call goes to fast first.
+do
+  local nargs, how, now_ms = #ARGV, ARGV[4] or '', ARGV[3] or ''
+  if #KEYS == 1 and nargs <= 4 and (how == '' or how == 'take')
+    and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$') and now_ms + 0 <= 4e12) then
+    local r = fast(KEYS[1], ARGV[1] or '', ARGV[2] or '1', now_ms ~= '' and now_ms * 1000 or nil, false)
+    if r then
+      return r
+    end
+  end
+end
+-- luarate shared: end
 
 -- luarate shared: prelude (the same in every limiter script; a test keeps the copies identical)
 local function fail(fmt, ...)
