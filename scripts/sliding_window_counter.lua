@@ -492,9 +492,12 @@ local function run()
   local requests, k, a = {}, 1, 3
   while a <= nargs do
     local h = ARGV[a]
-    local n, cost, how = string.match(h, '^(%d+) (%d+)$')
-    if not n then
-      n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+    local n, cost, how = '1', '1', nil -- the usual request, read without a pattern
+    if h ~= '1 1' then
+      n, cost, how = string.match(h, '^(%d+) (%d+)$')
+      if not n then
+        n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+      end
     end
     if not n or #n > 2 or #cost > 10 or (how and how ~= 'take' and how ~= 'atmost' and how ~= 'refund') then
       fail('ARGV[%d] must be a request "nkeys cost" or "nkeys cost mode", got "%s"', a, printable(h))
@@ -510,7 +513,7 @@ local function run()
     fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
   end
   local now = clock(2)
-  local out = {}
+  local out, o = {}, 0
   for j = 1, #requests do
     local q = requests[j]
     local ok, r = true, q[2] == 1 and (q[5] == '' or q[5] == 'take') and fast(KEYS[q[1]], ARGV[q[3]], q[4], now, true)
@@ -518,11 +521,11 @@ local function run()
       ok, r = pcall(decide, q[1], q[2], q[3], q[4] + 0, q[5], now)
     end
     if ok then
-      for i = 1, 7 do
-        out[#out + 1] = r[i]
-      end
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] = r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+      o = o + 7
     elseif type(r) == 'table' and r.luarate then
-      out[#out + 1] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
+      o = o + 1
+      out[o] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
     else
       error(r, 0) -- Redis's own error fails the whole batch
     end
