@@ -157,7 +157,7 @@ func instructions(ctx context.Context, keys, calls int) ([]instrResult, error) {
 	gr := redis.NewClient(&redis.Options{Addr: cg.addr, ReadTimeout: time.Minute, WriteTimeout: time.Minute})
 	defer gr.Close()
 
-	cs := contenders(rc, gr, randomPrefix())
+	cs := contenders(rc, gr, randomPrefix(), instrPeriod)
 	fl := rueidis.NewLuaScript(floorScript)
 	cs = append(cs[:2:2], append([]contender{{name: floor, allow: func(ctx context.Context, key string) error {
 		return fl.Exec(ctx, rc, []string{key}, nil).Error()

@@ -171,7 +171,7 @@ func run(ctx context.Context, cfg config) (*results, error) {
 		}
 	}
 
-	cs := contenders(rc, gr, randomPrefix())
+	cs := contenders(rc, gr, randomPrefix(), time.Second)
 	wls := workloads(cfg.keys)
 	for _, c := range cs { // load the scripts and connect before timing
 		if err := c.allow(ctx, "warmup"); err != nil {
