@@ -64,14 +64,18 @@ def number(digits):
     return int(digits.lstrip("0")[:14] or "0")
 
 
-# The script contract (v2, see the header of any scripts/*.lua). Only these two
-# functions know it.
+# The script contract (v3, see scripts/README.md or the header of any
+# scripts/*.lua). Only these two functions know it.
 def script_args(limits, cost, mode="take", lockout_ms=0):
-    """ARGV: rate, period_ms, burst (0 = rate) per limit; cost; now_ms ("" =
-    Redis TIME); mode; lockout_ms per limit."""
-    argv = [x for rate, period_ms in limits for x in (rate, period_ms, 0)] + [cost]
-    if mode != "take" or lockout_ms:
-        argv += ["", mode] + ([lockout_ms] * len(limits) if lockout_ms else [])
+    """ARGV: one "rate period_ms burst" per limit (burst 0 = rate), with
+    " lockout_ms" when there is one; then cost (missing = 1), and now_ms
+    ("" = Redis TIME) and the mode when it is not take."""
+    lock = f" {lockout_ms}" if lockout_ms else ""
+    argv = [f"{rate} {period_ms} 0{lock}" for rate, period_ms in limits]
+    if cost != 1 or mode != "take":
+        argv.append(cost)
+    if mode != "take":
+        argv += ["", mode]
     return argv
 
 
@@ -144,7 +148,7 @@ class Limiter:
             with open(os.path.join(scripts_dir, file), "rb") as f:
                 src = f.read()
             m = re.match(rb"-- luarate: ([a-z_]+) v([1-9][0-9]*)\n", src)
-            if m:  # "-- luarate: sliding_window_log v2" -> key tag "swl2"
+            if m:  # "-- luarate: sliding_window_log v3" -> key tag "swl3"
                 tag = "".join(w[0] for w in m[1].decode().split("_")) + m[2].decode()
                 self.scripts[m[1].decode()] = (tag, redis_client.register_script(src))
 

@@ -191,7 +191,7 @@ def test_app(base, r, procs, redis_proc, redis_port, log):
     s, _, b = request(login, "POST", data={"username": "dave", "password": "correct horse"})
     check("/login: the 21st attempt from one IP is refused whatever the user", s == 429 and "address" in b["error"],
           f"{s} {b}")
-    r.delete("rl:{login-ip:ip:127.0.0.1}:swl2:900000")  # lift the IP's lock, as Reset does
+    r.delete("rl:{login-ip:ip:127.0.0.1}:swl3:900000")  # lift the IP's lock, as Reset does
     s, h, _ = request(login, "POST", data={"username": "carol", "password": "correct horse"})
     check("/login: a locked user is refused even with the right password, for the hour",
           s == 429 and int(h.get("Retry-After") or 0) > 3500, f"{s} Retry-After {h.get('Retry-After')}")
