@@ -89,7 +89,7 @@ func parseLimit(s string, algo Algorithm) (Limit, error) {
 		return Limit{}, fmt.Errorf("must start with a count, as in 10/second")
 	}
 	spaced := strings.TrimLeft(rest, " \t")
-	switch lower := strings.ToLower(spaced); {
+	switch lower := asciiLower(spaced); {
 	case strings.HasPrefix(lower, "/"):
 		rest = spaced[1:]
 	case len(spaced) < len(rest) && len(lower) > 4 && lower[:3] == "per" && (lower[3] == ' ' || lower[3] == '\t'):
@@ -110,7 +110,7 @@ func parseLimit(s string, algo Algorithm) (Limit, error) {
 		}
 		rest = strings.TrimLeft(after, " \t")
 	}
-	unit, ok := units[strings.ToLower(rest)]
+	unit, ok := units[asciiLower(rest)]
 	if !ok {
 		return Limit{}, fmt.Errorf("unknown unit %q; use ms, second (s), minute (m), hour (h) or day (d)", rest)
 	}
@@ -126,4 +126,16 @@ func leadingDigits(s string) (digits, rest string) {
 		i++
 	}
 	return s[:i], s[i:]
+}
+
+// asciiLower lower-cases ASCII letters only: the grammar is case-insensitive
+// for them alone (strings.ToLower would read "mİn" as "min").
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }

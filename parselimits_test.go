@@ -58,6 +58,8 @@ func TestParseLimitsErrors(t *testing.T) {
 		"1000000/second":         ``, // valid for GCRA
 		"10/second 5/minute":     `unknown unit "second 5/minute"`,
 		"10/1.5s":                `unknown unit ".5s"`,
+		"10/mİn":                 `unknown unit "mİn"`, // only ASCII letters fold
+		"10/MİLLİSECOND":         `unknown unit "MİLLİSECOND"`,
 		"1000000001/day":         `count must be from 1`,
 		"5/1ms;6000/1s;1/1000ms": `same period 1s`,
 	} {

@@ -7,7 +7,8 @@
 // it reports decisions per second and latency (p50, p99) seen by the client,
 // and the Redis CPU per call from INFO commandstats (reset before each run),
 // then the memory of one idle key (MEMORY USAGE), the deny cache under a
-// flood, and every target as PASS or FAIL.
+// flood, the worst calls the scripts allow (timed by SLOWLOG), and every
+// target as PASS or FAIL.
 //
 //	cd bench && go run .                      # about 1.5 minutes; writes ../docs/bench.svg
 //	cd bench && go run . -short               # a few seconds (CI)
@@ -64,6 +65,11 @@ func bench() int {
 	fmt.Printf("machine: %d CPUs (%s), %s, GOMAXPROCS %d; %d goroutines, %v x %d rounds per case\n\n",
 		runtime.NumCPU(), cpuModel(), res.redisVersion, runtime.GOMAXPROCS(0), cfg.goroutines, cfg.duration, cfg.rounds)
 	failed := report(os.Stdout, res)
+	over, err := worst(context.Background(), os.Stdout, cfg.addr)
+	if err != nil {
+		return fail(err)
+	}
+	failed += over
 	if *instrCalls > 0 {
 		counts, err := instructions(context.Background(), cfg.keys, *instrCalls)
 		if err != nil {

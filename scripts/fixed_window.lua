@@ -68,55 +68,66 @@
 --   redis-cli --eval scripts/fixed_window.lua rl:{ex}:fw , '10 1000 0'
 --   redis-cli --eval scripts/fixed_window.lua rl:{ex}:fw rl:{ex}:fw:s rl:{ex}:fw:h , batch '' '1 1' '10 1000 0' '2 1' '10 1000 0' '100 3600000 0'
 
--- The common call (one limit, no lockout, take or peek) is decided here,
--- before anything else is defined; every other call, and any argument or
--- state this path does not accept, goes on to the general path below, which
--- decides the same and names what is wrong.
-local nargs, spec, c, now_ms, how = #ARGV, ARGV[1] or '', ARGV[2] or '1', ARGV[3] or '', ARGV[4] or ''
-if #KEYS == 1 and nargs <= 4 and (how == '' or how == 'take')
-  and (c == '1' or #c <= 10 and string.find(c, '^%d+$'))
-  and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$')) then
-  local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
-  if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
-    local key = KEYS[1]
-    local stored = redis.pcall('GET', key)
-    local count, first
-    if type(stored) == 'string' then
-      count, first = string.match(stored, '^fw3 (%d+) (%d+)$')
-    end
-    rate, period, burst = rate + 0, period + 0, burst + 0
-    c = c == '1' and 1 or c + 0
-    if count then
-      count, first = count + 0, first + 0
-    end
-    if (count or not stored) and rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12
-      and (burst == 0 or burst == rate) and c <= rate and (not count or count <= 1e9 and first <= 4e12)
-      and (now_ms == '' or now_ms + 0 <= 4e12) then
-      local now
-      if now_ms == '' then
-        local t = redis.call('TIME')
-        now = t[1] * 1000000 + t[2]
+-- fast decides the common call, one limit without a lockout taken (or
+-- peeked, cost 0) at now (microseconds; nil = Redis TIME), for the plain form
+-- and for each such request of a batch. It is defined before anything else,
+-- so the plain call pays for no other function. It returns nil for any
+-- argument or state it does not accept: the general path below then decides
+-- the same call, and names what is wrong.
+local function fast(key, spec, c, now, batched)
+  if c == '1' or #c <= 10 and string.find(c, '^%d+$') then
+    local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
+    if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
+      local stored = redis.pcall('GET', key)
+      local count, first
+      if type(stored) == 'string' then
+        count, first = string.match(stored, '^fw3 (%d+) (%d+)$')
+      end
+      rate, period, burst = rate + 0, period + 0, burst + 0
+      c = c == '1' and 1 or c + 0
+      if count then
+        count, first = count + 0, first + 0
+      end
+      if (count or not stored) and rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12
+        and (burst == 0 or burst == rate) and c <= rate and (not count or count <= 1e9 and first <= 4e12) then
+        if not now then
+          local t = redis.call('TIME')
+          now = t[1] * 1000000 + t[2]
+        end
         now = (now - now % 1000) / 1000
-      else
-        now = now_ms + 0
+        local start = now - now % period
+        if not count or first < start then
+          count, first = 0, start -- an earlier window's count (or none): a new window
+        end
+        local rest = first + period - now
+        count = count + c
+        if count > rate then
+          count = count - c
+          return {0, rate, count < rate and rate - count or 0, rest, rest, 0, 0}
+        end
+        if c > 0 then
+          redis.call('SET', key, string.format('fw3 %d %d', count, first), 'PX', string.format('%d', rest))
+        end
+        return {1, rate, rate - count, count > 0 and rest or 0, 0, 0, c}
       end
-      local start = now - now % period
-      if not count or first < start then
-        count, first = 0, start -- an earlier window's count (or none): a new window
-      end
-      local rest = first + period - now
-      count = count + c
-      if count > rate then
-        count = count - c
-        return {0, rate, count < rate and rate - count or 0, rest, rest, 0, 0}
-      end
-      if c > 0 then
-        redis.call('SET', key, string.format('fw3 %d %d', count, first), 'PX', string.format('%d', rest))
-      end
-      return {1, rate, rate - count, count > 0 and rest or 0, 0, 0, c}
+    end
+  end
+  return nil
+end
+
+-- luarate shared: plain (the same in every limiter script)
+-- The plain form of the common call goes to fast first.
+do
+  local nargs, how, now_ms = #ARGV, ARGV[4] or '', ARGV[3] or ''
+  if #KEYS == 1 and nargs <= 4 and (how == '' or how == 'take')
+    and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$') and now_ms + 0 <= 4e12) then
+    local r = fast(KEYS[1], ARGV[1] or '', ARGV[2] or '1', now_ms ~= '' and now_ms * 1000 or nil, false)
+    if r then
+      return r
     end
   end
 end
+-- luarate shared: end
 
 -- luarate shared: prelude (the same in every limiter script; a test keeps the copies identical)
 local function fail(fmt, ...)
@@ -348,9 +359,12 @@ local function run()
   local requests, k, a = {}, 1, 3
   while a <= nargs do
     local h = ARGV[a]
-    local n, cost, how = string.match(h, '^(%d+) (%d+)$')
-    if not n then
-      n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+    local n, cost, how = '1', '1', nil -- the usual request, read without a pattern
+    if h ~= '1 1' then
+      n, cost, how = string.match(h, '^(%d+) (%d+)$')
+      if not n then
+        n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+      end
     end
     if not n or #n > 2 or #cost > 10 or (how and how ~= 'take' and how ~= 'atmost' and how ~= 'refund') then
       fail('ARGV[%d] must be a request "nkeys cost" or "nkeys cost mode", got "%s"', a, printable(h))
@@ -359,23 +373,26 @@ local function run()
     if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
       fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, #requests + 1, printable(h))
     end
-    requests[#requests + 1] = {k, n, a + 1, cost + 0, how or ''}
+    requests[#requests + 1] = {k, n, a + 1, cost, how or ''}
     k, a = k + n, a + n + 1
   end
   if #requests == 0 or #requests > 32 or nkeys > 64 or k <= nkeys then
     fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
   end
   local now = clock(2)
-  local out = {}
+  local out, o = {}, 0
   for j = 1, #requests do
     local q = requests[j]
-    local ok, r = pcall(decide, q[1], q[2], q[3], q[4], q[5], now)
+    local ok, r = true, q[2] == 1 and (q[5] == '' or q[5] == 'take') and fast(KEYS[q[1]], ARGV[q[3]], q[4], now, true)
+    if not r then
+      ok, r = pcall(decide, q[1], q[2], q[3], q[4] + 0, q[5], now)
+    end
     if ok then
-      for i = 1, 7 do
-        out[#out + 1] = r[i]
-      end
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] = r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+      o = o + 7
     elseif type(r) == 'table' and r.luarate then
-      out[#out + 1] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
+      o = o + 1
+      out[o] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
     else
       error(r, 0) -- Redis's own error fails the whole batch
     end

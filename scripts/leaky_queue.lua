@@ -94,81 +94,100 @@
 --   redis-cli --eval scripts/leaky_queue.lua rl:{ex}:lq , '10 1000 20'
 --   redis-cli --eval scripts/leaky_queue.lua rl:{ex}:lq rl:{ex}:lq:s rl:{ex}:lq:h , batch '' '1 1' '10 1000 20' '2 1' '10 1000 0' '100 3600000 0'
 
--- The common call (one limit, no lockout, take or peek, Redis's clock) is
--- decided here, before anything else is defined; every other call, and any
--- argument or state this path does not accept, goes on to the general path
--- below, which decides the same and names what is wrong.
-local spec, c, nargs = ARGV[1] or '', ARGV[2] or '1', #ARGV
-if #KEYS == 1 and nargs <= 2 and #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
-  local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
-  if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
-    local key = KEYS[1]
-    local stored = redis.pcall('GET', key)
-    local level, updated = false, false
-    if type(stored) == 'string' then
-      level, updated = string.match(stored, '^lq3 (%d+) (%d+)$')
-    end
-    if level and #level <= 16 and #updated <= 13 or not stored then
-      rate, period, burst = rate + 0, period + 0, burst + 0
-      if c == '1' then
-        c = 1
-      else
-        c = c + 0
+-- fast decides the common call, one limit without a lockout taken (or
+-- peeked, cost 0) at now (microseconds; nil = Redis TIME), for the plain form
+-- and for each such request of a batch. It is defined before anything else,
+-- so the plain call pays for no other function. It returns nil for any
+-- argument or state it does not accept: the general path below then decides
+-- the same call, and names what is wrong.
+local function fast(key, spec, c, now, batched)
+  if #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
+    local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
+    if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
+      local stored = redis.pcall('GET', key)
+      local level, updated = false, false
+      if type(stored) == 'string' then
+        level, updated = string.match(stored, '^lq3 (%d+) (%d+)$')
       end
-      if burst == 0 then
-        burst = rate
-      end
-      local g, b = rate, period -- g = gcd(rate, period)
-      while b > 0 do
-        local r = g % b
-        g = b
-        b = r
-      end
-      local unit, drain = period / g, rate / g -- units per place; units leaving per ms
-      local capacity = burst * unit
-      if rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12 and burst <= 1e9 and c <= burst and capacity <= 4e15 and capacity <= 4e12 * drain then
-        local t = redis.call('TIME')
-        local us = t[2] + 0
-        local now = t[1] * 1000 + (us - us % 1000) / 1000
-        if level then
-          level, updated = level + 0, updated + 0
+      if level and #level <= 16 and #updated <= 13 or not stored then
+        rate, period, burst = rate + 0, period + 0, burst + 0
+        if c == '1' then
+          c = 1
         else
-          level, updated = 0, now
+          c = c + 0
         end
-        if level <= 4e15 and updated <= 4e12 then
-          if now > updated then
-            if now - updated >= level / drain then
-              level = 0
-            else
-              level = level - (now - updated) * drain
+        if burst == 0 then
+          burst = rate
+        end
+        local g, b = rate, period -- g = gcd(rate, period)
+        while b > 0 do
+          local r = g % b
+          g = b
+          b = r
+        end
+        local unit, drain = period / g, rate / g -- units per place; units leaving per ms
+        local capacity = burst * unit
+        if rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12 and burst <= 1e9 and c <= burst and capacity <= 4e15 and capacity <= 4e12 * drain then
+          if not now then
+            local t = redis.call('TIME')
+            now = t[1] * 1000000 + t[2]
+          end
+          now = (now - now % 1000) / 1000
+          if level then
+            level, updated = level + 0, updated + 0
+          else
+            level, updated = 0, now
+          end
+          if level <= 4e15 and updated <= 4e12 then
+            if now > updated then
+              if now - updated >= level / drain then
+                level = 0
+              else
+                level = level - (now - updated) * drain
+              end
+              updated = now
             end
-            updated = now
+            if level > 4e12 * drain then
+              level = 4e12 * drain -- left by another rate: at most 4e12 ms long
+            end
+            local lag, need, free = updated - now, c * unit, capacity - level -- lag > 0: the clock went back
+            if free < 0 then
+              free = 0 -- the limit was lowered since this state was written
+            end
+            -- floor(a / b) = (a - a % b) / b and ceil(a / b) = (a + -a % b) / b,
+            -- exact for these integers, without a function call
+            local delay = lag + (level + -level % drain) / drain -- until the queue ahead has left
+            if need > free then
+              local over = level + need - capacity
+              return {0, burst, (free - free % unit) / unit, delay, lag + (over + -over % drain) / drain, 0, 0}
+            end
+            level, free = level + need, free - need
+            local reset = lag + (level + -level % drain) / drain
+            if c > 0 then
+              redis.call('SET', key, string.format('lq3 %d %d', level, updated), 'PX', string.format('%d', reset))
+            end
+            return {1, burst, (free - free % unit) / unit, reset, 0, delay, c}
           end
-          if level > 4e12 * drain then
-            level = 4e12 * drain -- left by another rate: at most 4e12 ms long
-          end
-          local lag, need, free = updated - now, c * unit, capacity - level -- lag > 0: the clock went back
-          if free < 0 then
-            free = 0 -- the limit was lowered since this state was written
-          end
-          -- floor(a / b) = (a - a % b) / b and ceil(a / b) = (a + -a % b) / b,
-          -- exact for these integers, without a function call
-          local delay = lag + (level + -level % drain) / drain -- until the queue ahead has left
-          if need > free then
-            local over = level + need - capacity
-            return {0, burst, (free - free % unit) / unit, delay, lag + (over + -over % drain) / drain, 0, 0}
-          end
-          level, free = level + need, free - need
-          local reset = lag + (level + -level % drain) / drain
-          if c > 0 then
-            redis.call('SET', key, string.format('lq3 %d %d', level, updated), 'PX', string.format('%d', reset))
-          end
-          return {1, burst, (free - free % unit) / unit, reset, 0, delay, c}
         end
       end
     end
   end
+  return nil
 end
+
+-- luarate shared: plain (the same in every limiter script)
+-- The plain form of the common call goes to fast first.
+do
+  local nargs, how, now_ms = #ARGV, ARGV[4] or '', ARGV[3] or ''
+  if #KEYS == 1 and nargs <= 4 and (how == '' or how == 'take')
+    and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$') and now_ms + 0 <= 4e12) then
+    local r = fast(KEYS[1], ARGV[1] or '', ARGV[2] or '1', now_ms ~= '' and now_ms * 1000 or nil, false)
+    if r then
+      return r
+    end
+  end
+end
+-- luarate shared: end
 
 -- luarate shared: prelude (the same in every limiter script; a test keeps the copies identical)
 local function fail(fmt, ...)
@@ -287,10 +306,17 @@ local function load(k, a, i, cost, now, stored)
     if not l then
       l, u, x = string.match(stored, '^lq3 (%d+) (%d+) (%d+)$')
     end
-    if not l or #l > 16 or #u > 13 or #x > 13 or l + 0 > 4e15 or u + 0 > 4e12 or x + 0 > 5e12 then
+    if not l or #l > 16 or #u > 13 or #x > 13 then
       fail('KEYS[%d] holds a value leaky_queue v3 did not write; use another key', k + i - 1)
     end
+    local lock = 0 -- locked_until_ms
+    if x ~= '0' then
+      lock = x + 0
+    end
     l, u = l + 0, u + 0
+    if l > 4e15 or u > 4e12 or lock > 5e12 then
+      fail('KEYS[%d] holds a value leaky_queue v3 did not write; use another key', k + i - 1)
+    end
     if now > u then
       -- leak; compare before multiplying so huge gaps stay exact
       if now - u >= l / drain then
@@ -303,14 +329,14 @@ local function load(k, a, i, cost, now, stored)
     if l > 4e12 * drain then
       l = 4e12 * drain -- left by another rate: at most 4e12 ms long
     end
-    lim.level, lim.updated, lim.lock = l, u, x + 0
+    lim.level, lim.updated, lim.lock = l, u, lock
   end
   return lim
 end
 
--- state is what a key holds after a decision: the value and its TTL in ms.
-local function state(lim, now)
-  local reset = lim.updated - now + math.ceil(lim.level / lim.drain)
+-- state is what a key holds after a decision that leaves the queue reset ms
+-- from empty (reset_after_ms, lock aside): the value and its TTL in ms.
+local function state(lim, now, reset)
   if lim.lock > now then
     local wait = lim.lock - now
     return {string.format('lq3 %d %d %d', lim.level, lim.updated, lim.lock), string.format('%d', reset > wait and reset or wait)}
@@ -358,41 +384,42 @@ local function decide(k, n, a, cost, how, now, stored)
 
   local reply
   local delay = 0 -- the longest wait of all queues
-  local writes = {} -- key index -> state to write, when the request is decided
+  local writes, admits = {}, {} -- key index -> state to write: whatever is decided; if all admit
   for i = 1, n do
     local lim = lims[i]
+    local level, unit, drain, capacity, lock = lim.level, lim.unit, lim.drain, lim.capacity, lim.lock
     -- updated > now when the clock went back: leaking resumes from updated
     local lag = lim.updated - now
-    local need = take * lim.unit
-    local free = lim.capacity - lim.level
+    local need = take * unit
+    local free = capacity - level
     if free < 0 then
       free = 0 -- the limit was lowered since this state was written
     end
-    local reset = lag + math.ceil(lim.level / lim.drain)
+    local reset = lag + math.ceil(level / drain)
     local fits = need <= free
-    local locks = not fits and take > 0 and lim.lockout > 0 and lim.lock <= now
-    if locks then
-      lim.lock = now + lim.lockout
-      writes[i] = state(lim, now) -- written whatever the other limits decide
+    if not fits and take > 0 and lim.lockout > 0 and lock <= now then
+      lock = now + lim.lockout
+      lim.lock = lock
+      writes[i] = state(lim, now, reset) -- written whatever the other limits decide
     end
     local r
-    if lim.lock > now then
+    if lock > now then
       -- locked: denied until the lock ends, or later if it would not fit then
-      local wait = lim.lock - now
-      local retry = fits and 0 or lag + math.ceil((lim.level + need - lim.capacity) / lim.drain)
+      local wait = lock - now
+      local retry = fits and 0 or lag + math.ceil((level + need - capacity) / drain)
       r = {0, lim.burst, 0, reset > wait and reset or wait, retry > wait and retry or wait, 0, 0}
     elseif fits then
       -- the request's first place leaves once the queue ahead of it has
       if reset > delay then
         delay = reset
       end
-      lim.level = lim.level + need
-      r = {1, lim.burst, math.floor((free - need) / lim.unit), lag + math.ceil(lim.level / lim.drain), 0, 0, take}
+      r = {1, lim.burst, math.floor((free - need) / unit), lag + math.ceil((level + need) / drain), 0, 0, take}
       if take > 0 then
-        lim.admitted = state(lim, now) -- written only if every limit admits
+        lim.level = level + need
+        admits[i] = state(lim, now, r[4]) -- written only if every limit admits
       end
     else
-      r = {0, lim.burst, math.floor(free / lim.unit), reset, lag + math.ceil((lim.level + need - lim.capacity) / lim.drain), 0, 0}
+      r = {0, lim.burst, math.floor(free / unit), reset, lag + math.ceil((level + need - capacity) / drain), 0, 0}
     end
     if tighter(r, reply) then
       reply = r
@@ -407,7 +434,7 @@ local function decide(k, n, a, cost, how, now, stored)
   for i = 1, n do
     local w = writes[i]
     if reply[1] == 1 and take > 0 then
-      w = lims[i].admitted
+      w = admits[i]
     end
     if w then
       redis.call('SET', KEYS[k + i - 1], w[1], 'PX', w[2])
@@ -438,9 +465,12 @@ local function run()
   local requests, k, a = {}, 1, 3
   while a <= nargs do
     local h = ARGV[a]
-    local n, cost, how = string.match(h, '^(%d+) (%d+)$')
-    if not n then
-      n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+    local n, cost, how = '1', '1', nil -- the usual request, read without a pattern
+    if h ~= '1 1' then
+      n, cost, how = string.match(h, '^(%d+) (%d+)$')
+      if not n then
+        n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+      end
     end
     if not n or #n > 2 or #cost > 10 or (how and how ~= 'take' and how ~= 'atmost' and how ~= 'refund') then
       fail('ARGV[%d] must be a request "nkeys cost" or "nkeys cost mode", got "%s"', a, printable(h))
@@ -449,23 +479,26 @@ local function run()
     if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
       fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, #requests + 1, printable(h))
     end
-    requests[#requests + 1] = {k, n, a + 1, cost + 0, how or ''}
+    requests[#requests + 1] = {k, n, a + 1, cost, how or ''}
     k, a = k + n, a + n + 1
   end
   if #requests == 0 or #requests > 32 or nkeys > 64 or k <= nkeys then
     fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
   end
   local now = clock(2)
-  local out = {}
+  local out, o = {}, 0
   for j = 1, #requests do
     local q = requests[j]
-    local ok, r = pcall(decide, q[1], q[2], q[3], q[4], q[5], now)
+    local ok, r = true, q[2] == 1 and (q[5] == '' or q[5] == 'take') and fast(KEYS[q[1]], ARGV[q[3]], q[4], now, true)
+    if not r then
+      ok, r = pcall(decide, q[1], q[2], q[3], q[4] + 0, q[5], now)
+    end
     if ok then
-      for i = 1, 7 do
-        out[#out + 1] = r[i]
-      end
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] = r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+      o = o + 7
     elseif type(r) == 'table' and r.luarate then
-      out[#out + 1] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
+      o = o + 1
+      out[o] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
     else
       error(r, 0) -- Redis's own error fails the whole batch
     end

@@ -90,100 +90,112 @@
 --   redis-cli --eval scripts/sliding_window_counter.lua rl:{ex}:swc , '10 1000 0'
 --   redis-cli --eval scripts/sliding_window_counter.lua rl:{ex}:swc rl:{ex}:swc:s rl:{ex}:swc:h , batch '' '1 1' '10 1000 0' '2 1' '10 1000 0' '100 3600000 0'
 
--- The common call (one limit, no lockout, take or peek) is decided here,
--- before anything else is defined; every other call, and any argument or
--- state this path does not accept, goes on to the general path below, which
--- decides the same and names what is wrong.
-local nargs, spec, c, now_ms, how = #ARGV, ARGV[1] or '', ARGV[2] or '1', ARGV[3] or '', ARGV[4] or ''
-if #KEYS == 1 and nargs <= 4 and (how == '' or how == 'take')
-  and (c == '1' or #c <= 10 and string.find(c, '^%d+$'))
-  and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$')) then
-  local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
-  if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
-    local key = KEYS[1]
-    local stored = redis.pcall('GET', key)
-    local cur, seen, prev
-    if type(stored) == 'string' then
-      cur, seen, prev = string.match(stored, '^swc3 (%d+) (%d+) (%d+)$')
-    end
-    rate, period, burst = rate + 0, period + 0, burst + 0
-    c = c == '1' and 1 or c + 0
-    if cur then
-      cur, seen, prev = cur + 0, seen + 0, prev + 0
-    end
-    if (cur or not stored) and rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12
-      and (burst == 0 or burst == rate) and rate * period <= 9e15 and c <= rate
-      and (not cur or cur <= 1e9 and seen <= 4e12 and prev <= 1e9) and (now_ms == '' or now_ms + 0 <= 4e12) then
-      local now
-      if now_ms == '' then
-        local t = redis.call('TIME')
-        now = t[1] * 1000000 + t[2]
+-- fast decides the common call, one limit without a lockout taken (or
+-- peeked, cost 0) at now (microseconds; nil = Redis TIME), for the plain form
+-- and for each such request of a batch. It is defined before anything else,
+-- so the plain call pays for no other function. It returns nil for any
+-- argument or state it does not accept: the general path below then decides
+-- the same call, and names what is wrong.
+local function fast(key, spec, c, now, batched)
+  if c == '1' or #c <= 10 and string.find(c, '^%d+$') then
+    local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
+    if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
+      local stored = redis.pcall('GET', key)
+      local cur, seen, prev
+      if type(stored) == 'string' then
+        cur, seen, prev = string.match(stored, '^swc3 (%d+) (%d+) (%d+)$')
+      end
+      rate, period, burst = rate + 0, period + 0, burst + 0
+      c = c == '1' and 1 or c + 0
+      if cur then
+        cur, seen, prev = cur + 0, seen + 0, prev + 0
+      end
+      if (cur or not stored) and rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12
+        and (burst == 0 or burst == rate) and rate * period <= 9e15 and c <= rate
+        and (not cur or cur <= 1e9 and seen <= 4e12 and prev <= 1e9) then
+        if not now then
+          local t = redis.call('TIME')
+          now = t[1] * 1000000 + t[2]
+        end
         now = (now - now % 1000) / 1000
-      else
-        now = now_ms + 0
-      end
-      local start, at, count, before = now - now % period, now, 0, 0
-      if not cur then -- a new key
-      elseif seen >= start then
-        -- this window, or a later one if the clock went back: use its start
-        count, before = cur, prev
-        if seen > start then
-          start, at = seen, seen
+        local start, at, count, before = now - now % period, now, 0, 0
+        if not cur then -- a new key
+        elseif seen >= start then
+          -- this window, or a later one if the clock went back: use its start
+          count, before = cur, prev
+          if seen > start then
+            start, at = seen, seen
+          end
+        elseif seen + period == start then
+          before = cur
         end
-      elseif seen + period == start then
-        before = cur
-      end
-      local weighted = 0
-      if before > 0 then
-        local x = before * (start + period - at) + period - 1
-        weighted = math.floor(x / period)
-        if weighted * period > x then
-          weighted = weighted - 1
-        elseif (weighted + 1) * period <= x then
-          weighted = weighted + 1
+        local weighted = 0
+        if before > 0 then
+          local x = before * (start + period - at) + period - 1
+          weighted = math.floor(x / period)
+          if weighted * period > x then
+            weighted = weighted - 1
+          elseif (weighted + 1) * period <= x then
+            weighted = weighted + 1
+          end
         end
-      end
-      local reset = 0
-      if count > 0 then
-        reset = start + 2 * period - now
-      elseif before > 0 then
-        reset = start + period - now
-      end
-      if count + weighted + c > rate then
-        if count == 0 then
+        local reset = 0
+        if count > 0 then
+          reset = start + 2 * period - now
+        elseif before > 0 then
           reset = start + period - now
         end
-        -- first instant with ceil(before * (start + period - t) / period) <= room,
-        -- or in the next window, where the current count is the previous one
-        local room = rate - count - c
-        local t, x, y = start + period, room * period, before
-        if room < 0 then
-          t, x, y = start + 2 * period, (rate - c) * period, count
+        if count + weighted + c > rate then
+          if count == 0 then
+            reset = start + period - now
+          end
+          -- first instant with ceil(before * (start + period - t) / period) <= room,
+          -- or in the next window, where the current count is the previous one
+          local room = rate - count - c
+          local t, x, y = start + period, room * period, before
+          if room < 0 then
+            t, x, y = start + 2 * period, (rate - c) * period, count
+          end
+          local q = math.floor(x / y)
+          if q * y > x then
+            q = q - 1
+          elseif (q + 1) * y <= x then
+            q = q + 1
+          end
+          t = t - q
+          if room < 0 and t < start + period then
+            t = start + period
+          end
+          local left = rate - count - weighted
+          return {0, rate, left > 0 and left or 0, reset, t - now, 0, 0}
         end
-        local q = math.floor(x / y)
-        if q * y > x then
-          q = q - 1
-        elseif (q + 1) * y <= x then
-          q = q + 1
+        count = count + c
+        if count > 0 then
+          reset = start + 2 * period - now
         end
-        t = t - q
-        if room < 0 and t < start + period then
-          t = start + period
+        if c > 0 then
+          redis.call('SET', key, string.format('swc3 %d %d %d', count, start, before), 'PX', string.format('%d', reset))
         end
-        local left = rate - count - weighted
-        return {0, rate, left > 0 and left or 0, reset, t - now, 0, 0}
+        return {1, rate, rate - count - weighted, reset, 0, 0, c}
       end
-      count = count + c
-      if count > 0 then
-        reset = start + 2 * period - now
-      end
-      if c > 0 then
-        redis.call('SET', key, string.format('swc3 %d %d %d', count, start, before), 'PX', string.format('%d', reset))
-      end
-      return {1, rate, rate - count - weighted, reset, 0, 0, c}
+    end
+  end
+  return nil
+end
+
+-- luarate shared: plain (the same in every limiter script)
+-- The plain form of the common call goes to fast first.
+do
+  local nargs, how, now_ms = #ARGV, ARGV[4] or '', ARGV[3] or ''
+  if #KEYS == 1 and nargs <= 4 and (how == '' or how == 'take')
+    and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$') and now_ms + 0 <= 4e12) then
+    local r = fast(KEYS[1], ARGV[1] or '', ARGV[2] or '1', now_ms ~= '' and now_ms * 1000 or nil, false)
+    if r then
+      return r
     end
   end
 end
+-- luarate shared: end
 
 -- luarate shared: prelude (the same in every limiter script; a test keeps the copies identical)
 local function fail(fmt, ...)
@@ -480,9 +492,12 @@ local function run()
   local requests, k, a = {}, 1, 3
   while a <= nargs do
     local h = ARGV[a]
-    local n, cost, how = string.match(h, '^(%d+) (%d+)$')
-    if not n then
-      n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+    local n, cost, how = '1', '1', nil -- the usual request, read without a pattern
+    if h ~= '1 1' then
+      n, cost, how = string.match(h, '^(%d+) (%d+)$')
+      if not n then
+        n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+      end
     end
     if not n or #n > 2 or #cost > 10 or (how and how ~= 'take' and how ~= 'atmost' and how ~= 'refund') then
       fail('ARGV[%d] must be a request "nkeys cost" or "nkeys cost mode", got "%s"', a, printable(h))
@@ -491,23 +506,26 @@ local function run()
     if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
       fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, #requests + 1, printable(h))
     end
-    requests[#requests + 1] = {k, n, a + 1, cost + 0, how or ''}
+    requests[#requests + 1] = {k, n, a + 1, cost, how or ''}
     k, a = k + n, a + n + 1
   end
   if #requests == 0 or #requests > 32 or nkeys > 64 or k <= nkeys then
     fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
   end
   local now = clock(2)
-  local out = {}
+  local out, o = {}, 0
   for j = 1, #requests do
     local q = requests[j]
-    local ok, r = pcall(decide, q[1], q[2], q[3], q[4], q[5], now)
+    local ok, r = true, q[2] == 1 and (q[5] == '' or q[5] == 'take') and fast(KEYS[q[1]], ARGV[q[3]], q[4], now, true)
+    if not r then
+      ok, r = pcall(decide, q[1], q[2], q[3], q[4] + 0, q[5], now)
+    end
     if ok then
-      for i = 1, 7 do
-        out[#out + 1] = r[i]
-      end
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] = r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+      o = o + 7
     elseif type(r) == 'table' and r.luarate then
-      out[#out + 1] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
+      o = o + 1
+      out[o] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
     else
       error(r, 0) -- Redis's own error fails the whole batch
     end

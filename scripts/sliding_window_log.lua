@@ -92,80 +92,101 @@
 --   redis-cli --eval scripts/sliding_window_log.lua rl:{ex}:swl , '10 1000 0'
 --   redis-cli --eval scripts/sliding_window_log.lua rl:{ex}:swl rl:{ex}:swl:s rl:{ex}:swl:h , batch '' '1 1' '10 1000 0' '2 1' '10 1000 0' '100 3600000 0'
 
--- The common call (one limit, no lockout, take or peek, Redis's clock) is
--- decided here, before anything else is defined; every other call, and any
--- argument or state this path does not accept, goes on to the general path
--- below, which decides the same and names what is wrong.
-local key, spec, c = KEYS[1], ARGV[1] or '', ARGV[2] or '1'
-if #KEYS == 1 and #ARGV <= 2 and #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
-  local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
-  local top = redis.pcall('ZRANGE', key, '-2', '-1') -- the newest entry and the marker
-  local n, newest, d, j = #top
-  if n == 2 then
-    newest, d, j = string.match(top[1], '^(%d+):(%d)(%d+)$')
-  end
-  if rate and (n == 0 and not top.err or top[n] == 'swl3' and (n == 1 or newest and #newest <= 16 and #j == d + 0)) then
-    rate, period, burst = rate + 0, period + 0, burst + 0
-    c = c == '1' and 1 or c + 0
-    if rate >= 1 and rate <= 4000 and period >= 1 and period <= 1e12 and (burst == 0 or burst == rate) and c <= rate and c <= 128 then
-      local t = redis.call('TIME')
-      local now = t[1] * 1000000 + t[2]
-      local span = period * 1000
-      local count, stale = 0, 0 -- entries in the window, and older ones
-      if n == 2 then
-        local card = redis.call('ZCARD', key) - 1 -- (the marker)
-        newest, stale = newest + 0, card
-        if newest + span > now then
-          -- counted from the oldest end: cheap while the log is small (a listpack)
-          stale = redis.call('ZCOUNT', key, '-inf', string.format('%d', now - span))
+-- fast decides the common call, one limit without a lockout taken (or
+-- peeked, cost 0) at now (microseconds; nil = Redis TIME), for the plain
+-- form; it is defined before anything else, so the plain call pays for no
+-- other function. In a batch it declines (batched), so that every request's
+-- units count toward the batch's cap in the general path. It returns nil for
+-- any argument or state it does not accept: the general path below then
+-- decides the same call, and names what is wrong.
+local function fast(key, spec, c, now, batched)
+  if not batched and #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
+    local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
+    local top = redis.pcall('ZRANGE', key, '-2', '-1') -- the newest entry and the marker
+    local n, newest, d, j = #top
+    if n == 2 then
+      newest, d, j = string.match(top[1], '^(%d+):(%d)(%d+)$')
+    end
+    if rate and (n == 0 and not top.err or top[n] == 'swl3' and (n == 1 or newest and #newest <= 16 and #j == d + 0)) then
+      rate, period, burst = rate + 0, period + 0, burst + 0
+      c = c == '1' and 1 or c + 0
+      if rate >= 1 and rate <= 4000 and period >= 1 and period <= 1e12 and (burst == 0 or burst == rate) and c <= rate and c <= 128 then
+        if not now then
+          local t = redis.call('TIME')
+          now = t[1] * 1000000 + t[2]
         end
-        count = card - stale
-      end
-      if count + c > rate then
-        -- it fits once the oldest count + c - rate entries in the window have left
-        local b = stale + count + c - rate - 1
-        local blocking = string.match(redis.call('ZRANGE', key, b, b)[1] or '', '^%d+')
-        if blocking then
-          return {0, rate, count < rate and rate - count or 0, math.ceil((newest + span - now) / 1000), math.ceil((blocking + span - now) / 1000), 0, 0}
-        end
-      elseif c == 0 then
-        return {1, rate, rate - count, count > 0 and math.ceil((newest + span - now) / 1000) or 0, 0, 0, 0}
-      else
-        local at, x = now, 1 -- where the new entries go, and the first j
-        if newest and newest >= now then
-          at, x = newest, j + 1
-        end
-        local score = string.format('%d', at)
-        local args, m = {score, score .. ':11'}, 2 -- the common case: a new time, cost 1
-        if x > 1 or c > 1 then
-          local ten, digits = 10, 1
-          while ten <= x do
-            ten, digits = ten * 10, digits + 1
+        local span = period * 1000
+        local count, stale = 0, 0 -- entries in the window, and older ones
+        if n == 2 then
+          local card = redis.call('ZCARD', key) - 1 -- (the marker)
+          newest, stale = newest + 0, card
+          if newest + span > now then
+            -- counted from the oldest end: cheap while the log is small (a listpack)
+            stale = redis.call('ZCOUNT', key, '-inf', string.format('%d', now - span))
           end
-          local prefix = score .. ':' .. digits
-          m = 0
-          for y = x, x + c - 1 do
-            if y == ten then
+          count = card - stale
+        end
+        if count + c > rate then
+          -- it fits once the oldest count + c - rate entries in the window have left
+          local b = stale + count + c - rate - 1
+          local blocking = string.match(redis.call('ZRANGE', key, b, b)[1] or '', '^%d+')
+          if blocking then
+            return {0, rate, count < rate and rate - count or 0, math.ceil((newest + span - now) / 1000), math.ceil((blocking + span - now) / 1000), 0, 0}
+          end
+        elseif c == 0 then
+          return {1, rate, rate - count, count > 0 and math.ceil((newest + span - now) / 1000) or 0, 0, 0, 0}
+        else
+          local at, x = now, 1 -- where the new entries go, and the first j
+          if newest and newest >= now then
+            at, x = newest, j + 1
+          end
+          local score = string.format('%d', at)
+          local args, m = {score, score .. ':11'}, 2 -- the common case: a new time, cost 1
+          if x > 1 or c > 1 then
+            local ten, digits = 10, 1
+            while ten <= x do
               ten, digits = ten * 10, digits + 1
-              prefix = score .. ':' .. digits
             end
-            args[m + 1], args[m + 2], m = score, prefix .. y, m + 2
+            local prefix = score .. ':' .. digits
+            m = 0
+            for y = x, x + c - 1 do
+              if y == ten then
+                ten, digits = ten * 10, digits + 1
+                prefix = score .. ':' .. digits
+              end
+              args[m + 1], args[m + 2], m = score, prefix .. y, m + 2
+            end
           end
+          if n == 0 then
+            args[m + 1], args[m + 2] = '+inf', 'swl3'
+          end
+          redis.call('ZADD', key, unpack(args)) -- first: refused for memory, it changes nothing
+          local reset = math.ceil((at + span - now) / 1000)
+          redis.call('PEXPIRE', key, string.format('%d', reset))
+          if stale > 0 then
+            redis.call('ZREMRANGEBYRANK', key, 0, (stale < c and stale or c) - 1)
+          end
+          return {1, rate, rate - count - c, reset, 0, 0, c}
         end
-        if n == 0 then
-          args[m + 1], args[m + 2] = '+inf', 'swl3'
-        end
-        redis.call('ZADD', key, unpack(args)) -- first: refused for memory, it changes nothing
-        local reset = math.ceil((at + span - now) / 1000)
-        redis.call('PEXPIRE', key, string.format('%d', reset))
-        if stale > 0 then
-          redis.call('ZREMRANGEBYRANK', key, 0, (stale < c and stale or c) - 1)
-        end
-        return {1, rate, rate - count - c, reset, 0, 0, c}
       end
     end
   end
+  return nil
 end
+
+-- luarate shared: plain (the same in every limiter script)
+-- The plain form of the common call goes to fast first.
+do
+  local nargs, how, now_ms = #ARGV, ARGV[4] or '', ARGV[3] or ''
+  if #KEYS == 1 and nargs <= 4 and (how == '' or how == 'take')
+    and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$') and now_ms + 0 <= 4e12) then
+    local r = fast(KEYS[1], ARGV[1] or '', ARGV[2] or '1', now_ms ~= '' and now_ms * 1000 or nil, false)
+    if r then
+      return r
+    end
+  end
+end
+-- luarate shared: end
 
 -- luarate shared: prelude (the same in every limiter script; a test keeps the copies identical)
 local function fail(fmt, ...)
@@ -493,9 +514,12 @@ local function run()
   local requests, k, a = {}, 1, 3
   while a <= nargs do
     local h = ARGV[a]
-    local n, cost, how = string.match(h, '^(%d+) (%d+)$')
-    if not n then
-      n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+    local n, cost, how = '1', '1', nil -- the usual request, read without a pattern
+    if h ~= '1 1' then
+      n, cost, how = string.match(h, '^(%d+) (%d+)$')
+      if not n then
+        n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+      end
     end
     if not n or #n > 2 or #cost > 10 or (how and how ~= 'take' and how ~= 'atmost' and how ~= 'refund') then
       fail('ARGV[%d] must be a request "nkeys cost" or "nkeys cost mode", got "%s"', a, printable(h))
@@ -504,23 +528,26 @@ local function run()
     if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
       fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, #requests + 1, printable(h))
     end
-    requests[#requests + 1] = {k, n, a + 1, cost + 0, how or ''}
+    requests[#requests + 1] = {k, n, a + 1, cost, how or ''}
     k, a = k + n, a + n + 1
   end
   if #requests == 0 or #requests > 32 or nkeys > 64 or k <= nkeys then
     fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
   end
   local now = clock(2)
-  local out = {}
+  local out, o = {}, 0
   for j = 1, #requests do
     local q = requests[j]
-    local ok, r = pcall(decide, q[1], q[2], q[3], q[4], q[5], now)
+    local ok, r = true, q[2] == 1 and (q[5] == '' or q[5] == 'take') and fast(KEYS[q[1]], ARGV[q[3]], q[4], now, true)
+    if not r then
+      ok, r = pcall(decide, q[1], q[2], q[3], q[4] + 0, q[5], now)
+    end
     if ok then
-      for i = 1, 7 do
-        out[#out + 1] = r[i]
-      end
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] = r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+      o = o + 7
     elseif type(r) == 'table' and r.luarate then
-      out[#out + 1] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
+      o = o + 1
+      out[o] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
     else
       error(r, 0) -- Redis's own error fails the whole batch
     end

@@ -72,78 +72,97 @@
 --   redis-cli --eval scripts/token_bucket.lua rl:{ex}:tb , '10 1000 10'
 --   redis-cli --eval scripts/token_bucket.lua rl:{ex}:tb rl:{ex}:tb:s rl:{ex}:tb:h , batch '' '1 1' '10 1000 10' '2 1' '10 1000 0' '100 3600000 0'
 
--- The common call (one limit, no lockout, take or peek, Redis's clock) is
--- decided here, before anything else is defined; every other call, and any
--- argument or state this path does not accept, goes on to the general path
--- below, which decides the same and names what is wrong.
-local spec, c, nargs = ARGV[1] or '', ARGV[2] or '1', #ARGV
-if #KEYS == 1 and nargs <= 2 and #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
-  local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
-  if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
-    local key = KEYS[1]
-    local stored = redis.pcall('GET', key)
-    local level, updated = false, false
-    if type(stored) == 'string' then
-      level, updated = string.match(stored, '^tb3 (%d+) (%d+)$')
-    end
-    if level and #level <= 16 and #updated <= 13 or not stored then
-      rate, period, burst = rate + 0, period + 0, burst + 0
-      if c == '1' then
-        c = 1
-      else
-        c = c + 0
+-- fast decides the common call, one limit without a lockout taken (or
+-- peeked, cost 0) at now (microseconds; nil = Redis TIME), for the plain form
+-- and for each such request of a batch. It is defined before anything else,
+-- so the plain call pays for no other function. It returns nil for any
+-- argument or state it does not accept: the general path below then decides
+-- the same call, and names what is wrong.
+local function fast(key, spec, c, now, batched)
+  if #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
+    local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
+    if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
+      local stored = redis.pcall('GET', key)
+      local level, updated = false, false
+      if type(stored) == 'string' then
+        level, updated = string.match(stored, '^tb3 (%d+) (%d+)$')
       end
-      if burst == 0 then
-        burst = rate
-      end
-      local g, b = rate, period -- g = gcd(rate, period)
-      while b > 0 do
-        local r = g % b
-        g = b
-        b = r
-      end
-      local unit, fill = period / g, rate / g -- units per token; units added per ms
-      local capacity = burst * unit
-      if rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12 and burst <= 1e9 and c <= burst and capacity <= 4e15 and capacity <= 4e12 * fill then
-        local t = redis.call('TIME')
-        local us = t[2] + 0
-        local now = t[1] * 1000 + (us - us % 1000) / 1000
-        if level then
-          level, updated = level + 0, updated + 0
+      if level and #level <= 16 and #updated <= 13 or not stored then
+        rate, period, burst = rate + 0, period + 0, burst + 0
+        if c == '1' then
+          c = 1
         else
-          level, updated = capacity, now
+          c = c + 0
         end
-        if level <= 4e15 and updated <= 4e12 then
-          if now > updated then
-            if now - updated >= (capacity - level) / fill then
-              level = capacity
-            else
-              level = level + (now - updated) * fill
+        if burst == 0 then
+          burst = rate
+        end
+        local g, b = rate, period -- g = gcd(rate, period)
+        while b > 0 do
+          local r = g % b
+          g = b
+          b = r
+        end
+        local unit, fill = period / g, rate / g -- units per token; units added per ms
+        local capacity = burst * unit
+        if rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12 and burst <= 1e9 and c <= burst and capacity <= 4e15 and capacity <= 4e12 * fill then
+          if not now then
+            local t = redis.call('TIME')
+            now = t[1] * 1000000 + t[2]
+          end
+          now = (now - now % 1000) / 1000
+          if level then
+            level, updated = level + 0, updated + 0
+          else
+            level, updated = capacity, now
+          end
+          if level <= 4e15 and updated <= 4e12 then
+            if now > updated then
+              if now - updated >= (capacity - level) / fill then
+                level = capacity
+              else
+                level = level + (now - updated) * fill
+              end
+              updated = now
             end
-            updated = now
+            if level > capacity then
+              level = capacity -- the limit was lowered since this state was written
+            end
+            local lag, need = updated - now, c * unit -- lag > 0: the clock went back
+            -- floor(a / b) = (a - a % b) / b and ceil(a / b) = (a + -a % b) / b,
+            -- exact for these integers, without a function call
+            local empty = capacity - level
+            if level < need then
+              local short = need - level
+              return {0, burst, (level - level % unit) / unit, lag + (empty + -empty % fill) / fill, lag + (short + -short % fill) / fill, 0, 0}
+            end
+            level, empty = level - need, empty + need
+            local reset = lag + (empty + -empty % fill) / fill
+            if c > 0 then
+              redis.call('SET', key, string.format('tb3 %d %d', level, updated), 'PX', string.format('%d', reset))
+            end
+            return {1, burst, (level - level % unit) / unit, reset, 0, 0, c}
           end
-          if level > capacity then
-            level = capacity -- the limit was lowered since this state was written
-          end
-          local lag, need = updated - now, c * unit -- lag > 0: the clock went back
-          -- floor(a / b) = (a - a % b) / b and ceil(a / b) = (a + -a % b) / b,
-          -- exact for these integers, without a function call
-          local empty = capacity - level
-          if level < need then
-            local short = need - level
-            return {0, burst, (level - level % unit) / unit, lag + (empty + -empty % fill) / fill, lag + (short + -short % fill) / fill, 0, 0}
-          end
-          level, empty = level - need, empty + need
-          local reset = lag + (empty + -empty % fill) / fill
-          if c > 0 then
-            redis.call('SET', key, string.format('tb3 %d %d', level, updated), 'PX', string.format('%d', reset))
-          end
-          return {1, burst, (level - level % unit) / unit, reset, 0, 0, c}
         end
       end
     end
   end
+  return nil
 end
+
+-- luarate shared: plain (the same in every limiter script)
+-- The plain form of the common call goes to fast first.
+do
+  local nargs, how, now_ms = #ARGV, ARGV[4] or '', ARGV[3] or ''
+  if #KEYS == 1 and nargs <= 4 and (how == '' or how == 'take')
+    and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$') and now_ms + 0 <= 4e12) then
+    local r = fast(KEYS[1], ARGV[1] or '', ARGV[2] or '1', now_ms ~= '' and now_ms * 1000 or nil, false)
+    if r then
+      return r
+    end
+  end
+end
+-- luarate shared: end
 
 -- luarate shared: prelude (the same in every limiter script; a test keeps the copies identical)
 local function fail(fmt, ...)
@@ -262,10 +281,17 @@ local function load(k, a, i, cost, now, stored)
     if not l then
       l, u, x = string.match(stored, '^tb3 (%d+) (%d+) (%d+)$')
     end
-    if not l or #l > 16 or #u > 13 or #x > 13 or l + 0 > 4e15 or u + 0 > 4e12 or x + 0 > 5e12 then
+    if not l or #l > 16 or #u > 13 or #x > 13 then
       fail('KEYS[%d] holds a value token_bucket v3 did not write; use another key', k + i - 1)
     end
+    local lock = 0 -- locked_until_ms
+    if x ~= '0' then
+      lock = x + 0
+    end
     l, u = l + 0, u + 0
+    if l > 4e15 or u > 4e12 or lock > 5e12 then
+      fail('KEYS[%d] holds a value token_bucket v3 did not write; use another key', k + i - 1)
+    end
     if now > u then
       -- refill; compare before multiplying so huge gaps stay exact
       if now - u >= (capacity - l) / fill then
@@ -278,15 +304,15 @@ local function load(k, a, i, cost, now, stored)
     if l > capacity then
       l = capacity -- the limit was lowered since this state was written
     end
-    lim.level, lim.updated, lim.lock = l, u, x + 0
+    lim.level, lim.updated, lim.lock = l, u, lock
   end
   return lim
 end
 
--- state is what a key holds after a decision: the value and its TTL in ms,
--- or false when the bucket is full and unlocked and needs no state.
-local function state(lim, now)
-  local reset = lim.updated - now + math.ceil((lim.capacity - lim.level) / lim.fill)
+-- state is what a key holds after a decision that leaves the bucket reset ms
+-- from full (reset_after_ms, lock aside): the value and its TTL in ms, or
+-- false when the bucket is full and unlocked and needs no state.
+local function state(lim, now, reset)
   if lim.lock > now then
     local wait = lim.lock - now
     return {string.format('tb3 %d %d %d', lim.level, lim.updated, lim.lock), string.format('%d', reset > wait and reset or wait)}
@@ -330,45 +356,48 @@ local function decide(k, n, a, cost, how, now, stored)
   end
 
   local reply
-  local writes = {} -- key index -> state to write, when the request is decided
+  local writes, admits = {}, {} -- key index -> state to write: whatever is decided; if all admit
   for i = 1, n do
     local lim = lims[i]
+    local level, unit, fill, capacity, lock = lim.level, lim.unit, lim.fill, lim.capacity, lim.lock
     local given = 0
-    if how == 'refund' and lim.level < lim.capacity then
-      given = lim.capacity - lim.level
-      if given > cost * lim.unit then
-        given = cost * lim.unit
+    if how == 'refund' and level < capacity then
+      given = capacity - level
+      if given > cost * unit then
+        given = cost * unit
       end
-      lim.level = lim.level + given
-      given = math.ceil(given / lim.unit)
+      level = level + given
+      lim.level = level
+      given = math.ceil(given / unit)
     end
     -- updated > now when the clock went back: refill resumes from updated
     local lag = lim.updated - now
-    local need = take * lim.unit
-    local reset = lag + math.ceil((lim.capacity - lim.level) / lim.fill)
-    local fits = lim.level >= need
-    local locks = not fits and take > 0 and lim.lockout > 0 and lim.lock <= now
+    local need = take * unit
+    local reset = lag + math.ceil((capacity - level) / fill)
+    local fits = level >= need
+    local locks = not fits and take > 0 and lim.lockout > 0 and lock <= now
     if locks then
-      lim.lock = now + lim.lockout
-    end
-    local r
-    if lim.lock > now then
-      -- locked: denied until the lock ends, or later if it would not fit then
-      local wait = lim.lock - now
-      local retry = fits and 0 or lag + math.ceil((need - lim.level) / lim.fill)
-      r = {0, lim.burst, 0, reset > wait and reset or wait, retry > wait and retry or wait, 0, given}
-    elseif fits then
-      local left = lim.level - need
-      r = {1, lim.burst, math.floor(left / lim.unit), lag + math.ceil((lim.capacity - left) / lim.fill), 0, 0, given + take}
-    else
-      r = {0, lim.burst, math.floor(lim.level / lim.unit), reset, lag + math.ceil((need - lim.level) / lim.fill), 0, given}
+      lock = now + lim.lockout
+      lim.lock = lock
     end
     if locks or given > 0 then
-      writes[i] = state(lim, now) -- written whatever the other limits decide
+      writes[i] = state(lim, now, reset) -- written whatever the other limits decide
     end
-    if fits and take > 0 and lim.lock <= now then
-      lim.level = lim.level - need
-      lim.admitted = state(lim, now) -- written only if every limit admits
+    local r
+    if lock > now then
+      -- locked: denied until the lock ends, or later if it would not fit then
+      local wait = lock - now
+      local retry = fits and 0 or lag + math.ceil((need - level) / fill)
+      r = {0, lim.burst, 0, reset > wait and reset or wait, retry > wait and retry or wait, 0, given}
+    elseif fits then
+      local left = level - need
+      r = {1, lim.burst, math.floor(left / unit), lag + math.ceil((capacity - left) / fill), 0, 0, given + take}
+      if take > 0 then
+        lim.level = left
+        admits[i] = state(lim, now, r[4]) -- written only if every limit admits
+      end
+    else
+      r = {0, lim.burst, math.floor(level / unit), reset, lag + math.ceil((need - level) / fill), 0, given}
     end
     if tighter(r, reply) then
       reply = r
@@ -380,7 +409,7 @@ local function decide(k, n, a, cost, how, now, stored)
   for i = 1, n do
     local w = writes[i]
     if reply[1] == 1 and take > 0 then
-      w = lims[i].admitted
+      w = admits[i]
     end
     if w then
       redis.call('SET', KEYS[k + i - 1], w[1], 'PX', w[2])
@@ -413,9 +442,12 @@ local function run()
   local requests, k, a = {}, 1, 3
   while a <= nargs do
     local h = ARGV[a]
-    local n, cost, how = string.match(h, '^(%d+) (%d+)$')
-    if not n then
-      n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+    local n, cost, how = '1', '1', nil -- the usual request, read without a pattern
+    if h ~= '1 1' then
+      n, cost, how = string.match(h, '^(%d+) (%d+)$')
+      if not n then
+        n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
+      end
     end
     if not n or #n > 2 or #cost > 10 or (how and how ~= 'take' and how ~= 'atmost' and how ~= 'refund') then
       fail('ARGV[%d] must be a request "nkeys cost" or "nkeys cost mode", got "%s"', a, printable(h))
@@ -424,23 +456,26 @@ local function run()
     if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
       fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, #requests + 1, printable(h))
     end
-    requests[#requests + 1] = {k, n, a + 1, cost + 0, how or ''}
+    requests[#requests + 1] = {k, n, a + 1, cost, how or ''}
     k, a = k + n, a + n + 1
   end
   if #requests == 0 or #requests > 32 or nkeys > 64 or k <= nkeys then
     fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
   end
   local now = clock(2)
-  local out = {}
+  local out, o = {}, 0
   for j = 1, #requests do
     local q = requests[j]
-    local ok, r = pcall(decide, q[1], q[2], q[3], q[4], q[5], now)
+    local ok, r = true, q[2] == 1 and (q[5] == '' or q[5] == 'take') and fast(KEYS[q[1]], ARGV[q[3]], q[4], now, true)
+    if not r then
+      ok, r = pcall(decide, q[1], q[2], q[3], q[4] + 0, q[5], now)
+    end
     if ok then
-      for i = 1, 7 do
-        out[#out + 1] = r[i]
-      end
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] = r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+      o = o + 7
     elseif type(r) == 'table' and r.luarate then
-      out[#out + 1] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
+      o = o + 1
+      out[o] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
     else
       error(r, 0) -- Redis's own error fails the whole batch
     end

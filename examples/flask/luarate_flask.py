@@ -9,31 +9,59 @@ builds them, so a Go service limiting the same key shares the same limit.
     @limiter.limit("10/minute")          # several: "10/second;1000/day"
     def public(): ...
 """
-import functools, hashlib, ipaddress, logging, math, os, re
+import functools, hashlib, ipaddress, logging, os, re, time
 from collections import namedtuple
 from flask import g, jsonify, make_response, request
 from redis.exceptions import RedisError, ResponseError
 
 log = logging.getLogger("luarate")
 Result = namedtuple("Result", "allowed limit remaining reset_after_ms retry_after_ms")
-UNIT_MS = {"s": 1000, "second": 1000, "m": 60000, "minute": 60000,
-           "h": 3600000, "hour": 3600000, "d": 86400000, "day": 86400000}
-LIMIT_RE = re.compile(r"^(\d+)\s*(?:/|\s+per\s+)\s*(\d*)\s*(s|m|h|d|second|minute|hour|day)s?$")
+UNIT_MS = {"ms": 1, "millisecond": 1, "milliseconds": 1,
+           "s": 1000, "sec": 1000, "second": 1000, "seconds": 1000,
+           "m": 60000, "min": 60000, "minute": 60000, "minutes": 60000,
+           "h": 3600000, "hr": 3600000, "hour": 3600000, "hours": 3600000,
+           "d": 86400000, "day": 86400000, "days": 86400000}
+MAX_COUNT, MAX_PERIOD_MS = 10**9, 10**12
+# count, "/" (spaces or tabs around it allowed) or " per " (required), [multiplier] unit;
+# ASCII only, as the grammar: [0-9], not \d, and re.ASCII keeps IGNORECASE to A-Z.
+LIMIT_RE = re.compile(r"([0-9]+)(?:[ \t]*/|[ \t]+per[ \t])[ \t]*([0-9]*)[ \t]*([a-z]+)", re.ASCII | re.IGNORECASE)
 
 
 def parse_limits(text):
-    """"10/second;1000/day", "10 per minute", "5/15m" -> [(rate, period_ms), ...]."""
+    """"10/second;1000/day", "10 per minute", "5/15m" -> [(rate, period_ms), ...].
+
+    Exactly the grammar of Go's luarate.ParseLimits (see its doc): limits
+    joined by ";" or ","; a count from 1 to 1e9; "/" or " per "; a period of
+    an optional multiplier and a unit ms, s, sec, second(s), m, min, minute(s),
+    h, hr, hour(s), d, day(s), in any case, at most 1e12 ms. "ms" is
+    milliseconds. Spaces and tabs only. An empty part, anything else, or two
+    limits with one period is a ValueError quoting the part."""
     limits = []
-    for part in re.split(r"[;,]", text):
-        m = LIMIT_RE.match(part.strip().lower())
-        if not m or int(m[1]) < 1 or m[2] == "0":
-            raise ValueError(f"luarate: bad limit {part.strip()!r} in {text!r}: want N/unit "
-                             "or N per unit or N/<count><unit>, unit second, minute, hour or day")
-        period = int(m[2] or 1) * UNIT_MS[m[3]]
+    for part in (p.strip(" \t") for p in re.split(r"[;,]", text)):
+        def bad(why):
+            return ValueError(f"luarate: bad limit {part!r} in {text!r}: {why}")
+        m = LIMIT_RE.fullmatch(part)
+        if not m:
+            raise bad("empty limit; write limits as \"10/second;1000/day\"" if not part else
+                      "want a count, \"/\" or \" per \" (spaces around it), then a period, as in 10/second or 5 per 15m")
+        count, mult, unit = number(m[1]), number(m[2] or "1"), m[3].lower()
+        if not 1 <= count <= MAX_COUNT:
+            raise bad(f"count must be from 1 to {MAX_COUNT}")
+        if unit not in UNIT_MS:
+            raise bad(f"unknown unit {m[3]!r}; use ms, second (s), minute (m), hour (h) or day (d)")
+        period = mult * UNIT_MS[unit]
+        if mult < 1 or period > MAX_PERIOD_MS:
+            raise bad(f"period must be from 1ms to {MAX_PERIOD_MS}ms, and its multiplier at least 1")
         if any(p == period for _, p in limits):
-            raise ValueError(f"luarate: two limits with period {period} ms in {text!r}")
-        limits.append((int(m[1]), period))
+            raise bad(f"another limit has the same period ({period} ms); give each limit its own period")
+        limits.append((count, period))
     return limits
+
+
+def number(digits):
+    """int(digits), cut to 14 significant digits: more are out of range anyway,
+    and int() refuses strings over 4300 digits."""
+    return int(digits.lstrip("0")[:14] or "0")
 
 
 # The script contract (v2, see the header of any scripts/*.lua). Only these two
@@ -54,18 +82,31 @@ def decode_reply(reply):
     return Result(reply[0] == 1, *reply[1:5])
 
 
-def set_headers(headers, res):
-    """The headers of the Go middleware (luarate Result.SetHeaders)."""
+def set_headers(headers, res, now_ms=None):
+    """The headers of the Go middleware (httplimit), rounded as it rounds them:
+    X-RateLimit-Reset is the Unix time in seconds (rounded up) when the limit
+    is full again, from now_ms (default: this machine's clock); Retry-After,
+    on a denial, is seconds (rounded up, at least 1)."""
+    if now_ms is None:
+        now_ms = time.time_ns() // 1_000_000
     headers["X-RateLimit-Limit"] = str(res.limit)
     headers["X-RateLimit-Remaining"] = str(res.remaining)
-    headers["X-RateLimit-Reset"] = str(math.ceil(res.reset_after_ms / 1000))  # seconds from now
+    headers["X-RateLimit-Reset"] = str(ceil_seconds(now_ms + res.reset_after_ms))
     if not res.allowed:
-        headers["Retry-After"] = str(max(math.ceil(res.retry_after_ms / 1000), 1))
+        headers["Retry-After"] = str(retry_after_seconds(res))
+
+
+def ceil_seconds(ms):
+    return -(-ms // 1000)
+
+
+def retry_after_seconds(res):
+    return max(ceil_seconds(res.retry_after_ms), 1)
 
 
 def denied(res, error="rate limit exceeded"):
     """The Go middleware's 429: headers set, and a JSON body."""
-    resp = make_response(jsonify(error=error, retry_after=max(math.ceil(res.retry_after_ms / 1000), 1),
+    resp = make_response(jsonify(error=error, retry_after=retry_after_seconds(res),
                                  retry_after_ms=res.retry_after_ms), 429)
     set_headers(resp.headers, res)
     return resp

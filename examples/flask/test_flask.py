@@ -1,20 +1,21 @@
 """End-to-end test of the Flask example: its own redis-server and two
 `gunicorn -w 4` apps on free loopback ports, bounded concurrent load, a Go
-program on the same Redis, and the tutorials' limiters beside luarate's.
+program on the same Redis, and the tutorials' limiters beside luarate's; first,
+the limit notation read by parse_limits and by Go's ParseLimits alike.
 
     /usr/bin/python3 examples/flask/test_flask.py      # or: bash examples/flask/run.sh
 
 Ends with "N passed, 0 failed"; exits 1 on any failure. Needs redis-server,
 Debian's python3-flask, python3-redis and gunicorn, and go.
 """
-import concurrent.futures, json, logging, os, shutil, signal, socket, subprocess, sys, tempfile, time, uuid
+import concurrent.futures, json, logging, math, os, shutil, signal, socket, subprocess, sys, tempfile, time, uuid
 import urllib.error, urllib.parse, urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import redis  # noqa: E402
-from luarate_flask import Limiter, parse_limits  # noqa: E402
+from luarate_flask import Limiter, Result, parse_limits, set_headers  # noqa: E402
 
 passed, failed = 0, 0
 
@@ -121,9 +122,11 @@ def start_gunicorn(procs, module, env):
     raise RuntimeError(f"gunicorn {module} did not boot 4 workers:\n{log.read()}")
 
 
-def check_flood(name, url, n, limit, headers=None):
+def check_flood(name, url, n, limit, period_s, headers=None):
     """Exactly `limit` of n concurrent requests admitted, headers as the Go middleware's."""
+    start = time.time()
     out, secs = flood(url, n, headers=headers)
+    end = time.time()
     ok = [(h, b) for s, h, b in out if s == 200]
     denied = [(h, b) for s, h, b in out if s == 429]
     check(f"{name}: {limit} of {n} concurrent requests admitted", len(ok) == limit and len(denied) == n - limit,
@@ -135,21 +138,25 @@ def check_flood(name, url, n, limit, headers=None):
           all(int(h.get("Retry-After") or 0) >= 1 and h["X-RateLimit-Remaining"] == "0" and h["X-RateLimit-Reset"]
               and b["error"] == "rate limit exceeded" and b["retry_after"] == int(h.get("Retry-After") or 0)
               for h, b in denied))
+    resets = [int(h["X-RateLimit-Reset"]) for h, _ in ok + denied]
+    check(f"{name}: X-RateLimit-Reset is a Unix time within the {period_s} s period",
+          all(int(start) <= t <= math.ceil(end) + period_s for t in resets), f"{min(resets)}..{max(resets)}, "
+          f"requests sent from {start:.0f} to {end:.0f}")
     return {b["worker"] for _, b in ok}
 
 
 def test_app(base, r, procs, redis_proc, redis_port, log):
-    workers = check_flood("/public", base + "/public", 40, 10)
+    workers = check_flood("/public", base + "/public", 40, 10, 60)
     workers |= check_flood("/private, an invented X-API-Key per request (limited by IP)", base + "/private",
-                           20, 2, headers=lambda i: {"X-API-Key": uuid.uuid4().hex})
-    workers |= check_flood("/private, a verified X-API-Key", base + "/private", 10, 2, {"X-API-Key": "key-b"})
-    workers |= check_flood("/api/data (10 per minute; 100 per day, one atomic call)", base + "/api/data", 30, 10)
+                           20, 2, 60, headers=lambda i: {"X-API-Key": uuid.uuid4().hex})
+    workers |= check_flood("/private, a verified X-API-Key", base + "/private", 10, 2, 60, {"X-API-Key": "key-b"})
+    workers |= check_flood("/api/data (10 per minute; 100 per day, one atomic call)", base + "/api/data", 30, 10, 60)
     day = Limiter(r, os.path.join(ROOT, "scripts")).hit("data:ip:127.0.0.1", parse_limits("100/day"), cost=0)
     check("/api/data: the day limit was charged only for the 10 admitted", day.remaining == 90,
           f"day remaining {day.remaining}")
-    workers |= check_flood("/dynamic, X-User-Role: premium", base + "/dynamic", 130, 100,
+    workers |= check_flood("/dynamic, X-User-Role: premium", base + "/dynamic", 130, 100, 3600,
                            {"X-API-Key": "key-c", "X-User-Role": "premium"})
-    workers |= check_flood("/dynamic, no role", base + "/dynamic", 25, 10, {"X-API-Key": "key-d"})
+    workers |= check_flood("/dynamic, no role", base + "/dynamic", 25, 10, 3600, {"X-API-Key": "key-d"})
     check("the load met several gunicorn workers", len(workers) >= 2, f"{len(workers)} workers answered")
 
     # One limit shared with Go: Flask takes 3, Go sees 7 left and takes 2, Flask sees 4 left after its 4th.
@@ -208,19 +215,74 @@ def test_app(base, r, procs, redis_proc, redis_port, log):
           and "outcome=failed_closed key=login-user:bob method=POST path=/login" in text)
 
 
-def test_parse_limits():
-    good = {"10/second;1000/day": [(10, 1000), (1000, 86400000)], "10 per minute": [(10, 60000)],
-            "5/15m": [(5, 900000)], "100/hour, 7/30s": [(100, 3600000), (7, 30000)], "3 per 2 hours": [(3, 7200000)]}
-    got = {text: parse_limits(text) for text in good}
-    check("parse_limits reads the notation of Go's ParseLimits", got == good, "" if got == good else got)
+# The limit notation: each string and what it reads as (None: rejected). Go's ParseLimits must agree.
+# (Go also takes "10/mİn": its strings.ToLower maps "İ" to "i". Its grammar, and parse_limits, do not.)
+MINUTE_DAY = [(10, 60000), (100, 86400000)]
+LIMITS = {
+    "10/second;1000/day": [(10, 1000), (1000, 86400000)], "10 per minute": [(10, 60000)],
+    "10/minute": [(10, 60000)], "10 / MINUTE": [(10, 60000)], "10 PER Minutes": [(10, 60000)],
+    "5/15m": [(5, 900000)], "5/100ms": [(5, 100)], "5/100 MS": [(5, 100)], "3/millisecond": [(3, 1)],
+    "3/2milliseconds": [(3, 2)], "1/sec": [(1, 1000)], "2/30 seconds": [(2, 30000)], "7/min": [(7, 60000)],
+    "2/hr": [(2, 3600000)], "3 per 2 hours": [(3, 7200000)], "1/1D": [(1, 86400000)], "4/2 days": [(4, 172800000)],
+    "100/hour, 7/30s": [(100, 3600000), (7, 30000)], "\t10 per\tminute ; 100 per  day\t": MINUTE_DAY,
+    "10/m,100/d": MINUTE_DAY, "0010/05m": [(10, 300000)], "1000000000/s": [(1000000000, 1000)],
+    "1/1000000000000ms": [(1, 10**12)], "1/11574d": [(1, 11574 * 86400000)],
+    "10 / per minute": None, "": None, " ": None, "10/s;": None, ";10/s": None, "10/s;;5/m": None,
+    "10/s, ,5/m": None, "5/100mins": None, "10/hs": None, "10/ds": None, "10/secs": None, "10/hrs": None,
+    "10/fortnight": None, "0/minute": None, "1000000001/s": None, "10/0m": None, "10/00m": None,
+    "ten/minute": None, "10/minute;5/60s": None, "10/1m,10/60000ms": None, "10per minute": None,
+    "10 perminute": None, "10 per": None, "10 per/minute": None, "10//minute": None, "10/": None,
+    "/minute": None, "10 minute": None, "10/1000000000001ms": None, "1/11575d": None, "-1/s": None,
+    "+1/s": None, "1.5/s": None, "10/1.5s": None, "10/s\n": None, "10\n/s": None, "10/\u00a0s": None,
+    "10/\u017f": None, "10/m\u0131n": None, "\u0661\u0660/s": None, "10/\u0661s": None,
+    "1" + "0" * 5000 + "/s": None, "10/" + "9" * 5000 + "ms": None, "10/s 5/m": None,
+}
+
+
+def test_parse_limits(parsecheck):
+    def read(text):
+        try:
+            return parse_limits(text)
+        except ValueError:
+            return None
+    got = {text: read(text) for text in LIMITS}
+    wrong = {text: v for text, v in got.items() if v != LIMITS[text]}
+    check(f"parse_limits reads {sum(v is not None for v in LIMITS.values())} limit strings and rejects "
+          f"{sum(v is None for v in LIMITS.values())} as the table says", not wrong, wrong)
+
+    def line(limits):
+        return "error" if limits is None else " ".join(f"{rate}/{period}" for rate, period in limits)
+    go = subprocess.run([parsecheck], input="".join(json.dumps(t) + "\n" for t in LIMITS),
+                        capture_output=True, text=True, timeout=30)
+    differ = {t: (line(got[t]), g) for t, g in zip(LIMITS, go.stdout.split("\n")) if line(got[t]) != g}
+    check("Go's ParseLimits reads every one of them as parse_limits does",
+          go.returncode == 0 and len(go.stdout.split("\n")) == len(LIMITS) + 1 and not differ,
+          f"(python, go): {differ} {go.stderr.strip()}" if differ or go.returncode else "")
+
     errors = []
-    for bad in ["10/fortnight", "0/minute", "10/0m", "ten/minute", "10/minute;", "10/minute;5/60s"]:
+    for bad in ["10/fortnight", "10/s;", "10/minute;5/60s", "10/s;5/100mins"]:
         try:
             parse_limits(bad)
         except ValueError as e:
             errors.append(str(e))
-    check("parse_limits names the bad part", len(errors) == 6 and "'10/fortnight'" in errors[0]
-          and "two limits with period 60000 ms" in errors[5], errors[0])
+    check("parse_limits names the bad part", len(errors) == 4 and "'10/fortnight' in '10/fortnight'" in errors[0]
+          and "'' in '10/s;': empty limit" in errors[1] and "'5/60s'" in errors[2] and "same period" in errors[2]
+          and "unknown unit 'mins'" in errors[3], errors)
+
+
+def test_set_headers():
+    now_ms = 1_700_000_000_500
+    got = []
+    for res in [Result(True, 10, 9, 400, 0), Result(True, 10, 9, 600, 0), Result(True, 10, 10, 0, 0),
+                Result(False, 10, 0, 59_500, 0), Result(False, 10, 0, 2_000, 1_001)]:
+        h = {}
+        set_headers(h, res, now_ms)
+        got.append((h["X-RateLimit-Reset"], h.get("Retry-After")))
+    # as httplimit: ceil((now_ms + reset_after_ms) / 1000), Retry-After ceil(retry_after_ms / 1000) and >= 1
+    want = [("1700000001", None), ("1700000002", None), ("1700000001", None), ("1700000060", "1"),
+            ("1700000003", "2")]
+    check("set_headers: X-RateLimit-Reset is the Unix time in seconds, rounded up as httplimit rounds it",
+          got == want, got)
 
 
 def test_fail_closed_decorator():
@@ -273,9 +335,10 @@ def main():
     tmp = tempfile.mkdtemp(prefix="luarate-flask-")
     procs = Processes(tmp)
     try:
-        test_parse_limits()
-        subprocess.run(["go", "build", "-o", os.path.join(tmp, "gocheck"), "./examples/flask/gocheck"],
+        test_set_headers()
+        subprocess.run(["go", "build", "-o", tmp + os.sep, "./examples/flask/gocheck", "./examples/flask/parsecheck"],
                        cwd=ROOT, check=True, timeout=240)
+        test_parse_limits(os.path.join(tmp, "parsecheck"))
         redis_proc, port = start_redis(procs)
         url = f"redis://127.0.0.1:{port}/0"
         r = redis.Redis.from_url(url)
