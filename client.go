@@ -4,16 +4,21 @@
 // reads and updates its state atomically on the Redis server, so any number
 // of app servers share one exact limit with no races, and a Python, Node or
 // Ruby service that runs the same script gets the same limits. This package
-// is a thin client on rueidis: one EVALSHA per decision.
+// is a thin client on rueidis: a decision is one EVALSHA, and decisions that
+// queue up behind a call in flight go together as one batch call
+// (WithBatching), each decided exactly as alone.
 //
 // A Limit is Rate per Period with a Burst capacity, counted by an Algorithm
 // (FixedWindow, SlidingWindowLog, SlidingWindowCounter, TokenBucket,
 // LeakyBucket, GCRA, LeakyQueue; see Algorithm for how to choose). Allow consumes one unit, AllowN n units,
 // Peek reads without consuming, and AllowMulti checks several limits of one
-// key (10/s and 1000/h) all-or-nothing. Wait takes a place in a LeakyQueue
-// and sleeps until its turn. Acquire limits requests in flight instead: at
+// key (10/s and 1000/h) all-or-nothing; ParseLimits reads limits such as
+// "10/second;1000/day". Wait blocks until admitted, for every algorithm (with
+// LeakyQueue, until the request's turn in the queue). Acquire limits requests in flight instead: at
 // most max leases of a key at once, each released or expiring. Being limited
-// is a Result, not an error; errors mean bad input or an unreachable Redis.
+// is a Result, not an error; errors mean bad input (ErrInvalidLimit,
+// ErrInvalidRequest), a Redis that made no decision (ErrUnavailable), a Redis
+// user lacking a permission (ErrNoPermission), or Redis refusing the call.
 //
 // For abuse protection, a Limit can carry a Lockout (deny everything for a
 // while once the limit is hit), Refund gives units back (count only failed
@@ -21,8 +26,18 @@
 // All of them run inside the same scripts, atomically, in one round trip.
 //
 // Time comes from the Redis server's clock, so app servers with skewed clocks
-// agree; WithClock passes the caller's instead (tests, replay). While Redis is
-// down, package insurance keeps limiting on this process's share.
+// agree; WithClock passes the caller's instead (tests, replay).
+//
+// While Redis is down, the insurance package keeps limiting on this
+// process's share instead of failing open or closed:
+//
+//	limiter := luarate.New(client, insurance.With(insurance.Config{Instances: 4}))
+//	defer limiter.Close()
+//
+// Every error wrapping ErrUnavailable is then decided by the same scripts on
+// an in-process Redis, against each limit divided by Instances (the replicas
+// sharing the limits); Config.Retry (1s by default) says how long decisions
+// stay there before Redis is tried again, and Result.Insured marks them.
 package luarate
 
 import (

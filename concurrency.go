@@ -50,7 +50,7 @@ func (le *Lease) ID() string { return le.id }
 // The lease id is 128 random bits made here, not in Redis, so the script is a
 // pure function of its arguments (replicated and replayed exactly) and needs
 // no counter key; two ids collide with negligible probability. The Redis key
-// is prefix{key}:c1. Time is the Redis server's clock unless WithClock.
+// is prefix{key}:c3. Time is the Redis server's clock unless WithClock.
 //
 // Concurrency is not an Algorithm: it counts requests in flight, not
 // requests per time, so it takes no Limit, and the deny cache does not apply

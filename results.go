@@ -93,11 +93,12 @@ func parseInts(arr []rueidis.RedisMessage) (Result, error) {
 //
 //	X-RateLimit-Limit      the capacity
 //	X-RateLimit-Remaining  requests left now
-//	X-RateLimit-Reset      seconds until back to full (delta, rounded up)
+//	X-RateLimit-Reset      seconds from now until back to full (rounded up)
 //	Retry-After            seconds until a retry can succeed (only when denied; at least 1)
 //
-// Reset is a delta, not an epoch time, so it stays right when the client's
-// clock is off, and it matches Retry-After and the IETF RateLimit draft.
+// Reset is seconds from now, not a Unix time, so it stays right when the
+// client's clock is off. The httplimit middleware writes a Unix time there
+// by default instead (its WithResetDelta writes what SetHeaders writes).
 func (r Result) SetHeaders(h http.Header) {
 	h.Set("X-RateLimit-Limit", strconv.FormatInt(r.Limit, 10))
 	h.Set("X-RateLimit-Remaining", strconv.FormatInt(r.Remaining, 10))

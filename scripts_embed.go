@@ -29,7 +29,7 @@ type Script struct {
 type loadedScript struct {
 	Script
 	lua    *rueidis.Lua
-	keyTag string // short name + version for keys, e.g. "tb2"
+	keyTag string // short name + version for keys, e.g. "tb3"
 }
 
 var scripts = loadScripts()

@@ -27,10 +27,14 @@ cli() {
   redis-cli --no-raw -p "$REDIS_PORT" "${words[@]:1}" 2>&1
 }
 
-# matches GOT WANT: equal lines, where "<lo..hi>" in WANT matches an integer in range.
+# matches GOT WANT: equal lines, where "<lo..hi>" in WANT matches an integer in
+# range and "<*>" any text.
 matches() {
   local got=$1 want=$2
-  if [[ $want =~ ^(.*)\<(-?[0-9]+)\.\.(-?[0-9]+)\>(.*)$ ]]; then
+  if [[ $want == *'<*>'* ]]; then
+    local pre=${want%%'<*>'*} post=${want#*'<*>'}
+    [[ $got == "$pre"* && $got == *"$post" ]] && ((${#got} >= ${#pre} + ${#post}))
+  elif [[ $want =~ ^(.*)\<(-?[0-9]+)\.\.(-?[0-9]+)\>(.*)$ ]]; then
     local pre=${BASH_REMATCH[1]} lo=${BASH_REMATCH[2]} hi=${BASH_REMATCH[3]} post=${BASH_REMATCH[4]}
     [[ $got == "$pre"* && $got == *"$post" ]] || return 1
     local n=${got#"$pre"}
