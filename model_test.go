@@ -218,12 +218,14 @@ func (m *fixedWindowModel) decide(cost, now int64) (reply, func()) {
 	if m.seen && m.start >= start { // a later window if the clock went back
 		count, start = m.count, m.start
 	}
-	reset := start + m.p.period - now
+	rest := start + m.p.period - now
+	// a window that counts nothing is full: nothing to wait for (v3)
+	reset := func(count int64) int64 { return rest * b2i(count > 0) }
 	if count+cost <= m.p.rate {
-		return reply{1, m.p.rate, m.p.rate - count - cost, reset, 0, 0, cost},
+		return reply{1, m.p.rate, m.p.rate - count - cost, reset(count + cost), 0, 0, cost},
 			func() { m.count, m.start, m.seen = count+cost, start, true }
 	}
-	return reply{0, m.p.rate, max(m.p.rate-count, 0), reset, reset, 0, 0}, nil
+	return reply{0, m.p.rate, max(m.p.rate-count, 0), reset(count), rest, 0, 0}, nil
 }
 
 // ---- token bucket: a real-valued token count, refilled at rate/period per ms.
