@@ -438,7 +438,8 @@ func (m *fixedWindowModel) refund(cost, now int64, locked bool) int64 {
 	}
 	given := min(cost, count)
 	if given > 0 {
-		m.count, m.start, m.seen = count-given, start, true
+		// an empty window needs no state: the script deletes the key
+		m.count, m.start, m.seen = count-given, start, count > given || locked
 	}
 	return given
 }
