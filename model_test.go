@@ -296,13 +296,16 @@ type slidingLogModel struct {
 
 func (m *slidingLogModel) decide(cost, now int64) (reply, func()) {
 	span, nowUS := m.p.period*1000, now*1000
-	var in []int64
+	var in, out []int64 // in the window, and left it
 	for _, e := range m.log {
 		if e > nowUS-span {
 			in = append(in, e)
+		} else {
+			out = append(out, e)
 		}
 	}
 	sort.Slice(in, func(i, j int) bool { return in[i] < in[j] })
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	count := int64(len(in))
 	var reset int64 // until the newest entry leaves
 	if count > 0 {
@@ -317,10 +320,13 @@ func (m *slidingLogModel) decide(cost, now int64) (reply, func()) {
 			reset = ceilDiv(at+span-nowUS, 1000)
 		}
 		return reply{1, m.p.rate, m.p.rate - count - cost, reset, 0, 0, cost}, func() {
+			// v3's work per call is bounded: an admission of cost removes at
+			// most cost of the entries that left the window, oldest first; the
+			// rest count again if the clock goes back before them
+			m.log = append(out[min(cost, int64(len(out))):], in...)
 			for range cost {
-				in = append(in, at)
+				m.log = append(m.log, at)
 			}
-			m.log = in
 		}
 	}
 	blocking := in[count+cost-m.p.rate-1]
