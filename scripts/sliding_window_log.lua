@@ -15,8 +15,7 @@
 -- A clock that goes back never mints capacity: entries are never placed
 -- before the newest one already in the log, and that newest one still counts;
 -- entries that left the window but are not removed yet (see State) count
--- again while the clock is back before their end (v2 removed them all on
--- each admission, so it could count fewer there; never more).
+-- again while the clock is back before their end.
 --
 -- Modes: take (all of cost or nothing), atmost (as much of cost as the window
 -- still holds), refund (remove the newest min(cost, entries in the window)
