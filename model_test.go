@@ -218,12 +218,14 @@ func (m *fixedWindowModel) decide(cost, now int64) (reply, func()) {
 	if m.seen && m.start >= start { // a later window if the clock went back
 		count, start = m.count, m.start
 	}
-	reset := start + m.p.period - now
+	rest := start + m.p.period - now
+	// a window that counts nothing is full: nothing to wait for (v3)
+	reset := func(count int64) int64 { return rest * b2i(count > 0) }
 	if count+cost <= m.p.rate {
-		return reply{1, m.p.rate, m.p.rate - count - cost, reset, 0, 0, cost},
+		return reply{1, m.p.rate, m.p.rate - count - cost, reset(count + cost), 0, 0, cost},
 			func() { m.count, m.start, m.seen = count+cost, start, true }
 	}
-	return reply{0, m.p.rate, max(m.p.rate-count, 0), reset, reset, 0, 0}, nil
+	return reply{0, m.p.rate, max(m.p.rate-count, 0), reset(count), rest, 0, 0}, nil
 }
 
 // ---- token bucket: a real-valued token count, refilled at rate/period per ms.
@@ -294,13 +296,16 @@ type slidingLogModel struct {
 
 func (m *slidingLogModel) decide(cost, now int64) (reply, func()) {
 	span, nowUS := m.p.period*1000, now*1000
-	var in []int64
+	var in, out []int64 // in the window, and left it
 	for _, e := range m.log {
 		if e > nowUS-span {
 			in = append(in, e)
+		} else {
+			out = append(out, e)
 		}
 	}
 	sort.Slice(in, func(i, j int) bool { return in[i] < in[j] })
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	count := int64(len(in))
 	var reset int64 // until the newest entry leaves
 	if count > 0 {
@@ -315,10 +320,13 @@ func (m *slidingLogModel) decide(cost, now int64) (reply, func()) {
 			reset = ceilDiv(at+span-nowUS, 1000)
 		}
 		return reply{1, m.p.rate, m.p.rate - count - cost, reset, 0, 0, cost}, func() {
+			// v3's work per call is bounded: an admission of cost removes at
+			// most cost of the entries that left the window, oldest first; the
+			// rest count again if the clock goes back before them
+			m.log = append(out[min(cost, int64(len(out))):], in...)
 			for range cost {
-				in = append(in, at)
+				m.log = append(m.log, at)
 			}
-			m.log = in
 		}
 	}
 	blocking := in[count+cost-m.p.rate-1]
@@ -436,7 +444,8 @@ func (m *fixedWindowModel) refund(cost, now int64, locked bool) int64 {
 	}
 	given := min(cost, count)
 	if given > 0 {
-		m.count, m.start, m.seen = count-given, start, true
+		// an empty window needs no state: the script deletes the key
+		m.count, m.start, m.seen = count-given, start, count > given || locked
 	}
 	return given
 }

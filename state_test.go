@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -56,7 +57,7 @@ func TestTypedState(t *testing.T) {
 		for what, value := range map[string]string{"a string": "hello", "a number": "42", "an empty string": "",
 			"gcra v2's state": "1700000000250000", "a v3 state with a tail": "gcra3 1700000000350000 0 0"} {
 			k := b.prefix + "{ts}:" + what
-			require.NoError(t, c.Do(ctx, c.B().Set().Key(k).Value(value).Px(3600_000).Build()).Error())
+			require.NoError(t, c.Do(ctx, c.B().Set().Key(k).Value(value).Px(time.Hour).Build()).Error())
 			held[what] = k
 		}
 		for _, typ := range []string{"hash", "list", "set", "zset"} {

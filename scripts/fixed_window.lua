@@ -16,7 +16,8 @@
 -- <locked_until>" while a lock may matter, times in Unix ms. A key holding
 -- anything else is refused with an error and left untouched. TTL = until the
 -- window ends, or the lock if later. A window that counts nothing is full: its
--- reset_after_ms is 0.
+-- reset_after_ms is 0, and a refund that empties it deletes the key (unless
+-- a lock holds, which then sets the TTL).
 --
 -- KEYS[i]     state key of limit i, i = 1..N, N <= 16. All keys of one call
 --             must share a hash slot in Redis Cluster (give them one {hash
@@ -245,14 +246,17 @@ local function load(k, a, i, cost, now)
 end
 
 -- save writes limit lim's state to KEYS[key], with a TTL until its window
--- ends, or its lock if later.
+-- ends, or its lock if later: its reset_after_ms. A window a refund emptied
+-- counts nothing: without a lock it needs no state, and the key is deleted.
 local function save(key, lim, now)
-  local rest = lim.start + lim.period - now
+  local rest = lim.count > 0 and lim.start + lim.period - now or 0
   if lim.lock > now then
     local wait = lim.lock - now
     redis.call('SET', KEYS[key], string.format('fw3 %d %d %d', lim.count, lim.start, lim.lock), 'PX', string.format('%d', rest > wait and rest or wait))
-  else
+  elseif rest > 0 then
     redis.call('SET', KEYS[key], string.format('fw3 %d %d', lim.count, lim.start), 'PX', string.format('%d', rest))
+  else
+    redis.call('DEL', KEYS[key])
   end
 end
 

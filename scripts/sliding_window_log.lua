@@ -13,7 +13,9 @@
 -- retry_after_ms (the moment the blocking entry leaves) admits exactly then.
 -- Entries are scored in Unix microseconds (Redis TIME, or now_ms * 1000).
 -- A clock that goes back never mints capacity: entries are never placed
--- before the newest one already in the log, and that newest one still counts.
+-- before the newest one already in the log, and that newest one still counts;
+-- entries that left the window but are not removed yet (see State) count
+-- again while the clock is back before their end.
 --
 -- Modes: take (all of cost or nothing), atmost (as much of cost as the window
 -- still holds), refund (remove the newest min(cost, entries in the window)
