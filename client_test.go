@@ -282,6 +282,10 @@ func TestBadRequests(t *testing.T) {
 		_, err := l.AllowN(ctx, "k", limit, 4)
 		require.NoError(t, err)
 		before := b.rawValue(t, b.keys(t)[0])
+		var many []Limit // periods 1s, 2s, ...: one more than a call may carry
+		for i := 1; i <= maxLimits+1; i++ {
+			many = append(many, Limit{Algorithm: GCRA, Rate: 10, Period: time.Duration(i) * time.Second})
+		}
 
 		for _, tc := range []struct {
 			call func() error
@@ -292,7 +296,8 @@ func TestBadRequests(t *testing.T) {
 			{func() error { _, err := l.AllowN(ctx, "k", limit, -1); return err }, ErrInvalidRequest, "n must be from 0 to the capacity 10, got -1"},
 			{func() error { _, err := l.AllowN(ctx, "k", limit, 11); return err }, ErrInvalidRequest, "got 11"},
 			{func() error { _, err := l.Allow(ctx, "k", Limit{Algorithm: GCRA}); return err }, ErrInvalidLimit, "rate must be"},
-			{func() error { _, err := l.AllowMulti(ctx, "k", 1); return err }, ErrInvalidRequest, "need at least one limit"},
+			{func() error { _, err := l.AllowMulti(ctx, "k", 1); return err }, ErrInvalidRequest, "luarate: invalid request: need at least one limit"},
+			{func() error { _, err := l.AllowMulti(ctx, "k", 1, many...); return err }, ErrInvalidRequest, "luarate: invalid request: at most 16 limits per call, got 17"},
 			{func() error {
 				_, err := l.AllowMulti(ctx, "k", 1, PerSecond(GCRA, 1), PerSecond(TokenBucket, 1))
 				return err
@@ -305,6 +310,10 @@ func TestBadRequests(t *testing.T) {
 			require.ErrorContains(t, err, tc.want)
 		}
 		require.Equal(t, before, b.rawValue(t, b.keys(t)[0]), "bad requests changed nothing")
+
+		res, err := l.AllowMulti(ctx, "k16", 1, many[:maxLimits]...)
+		require.NoError(t, err, "16 limits are fine")
+		require.True(t, res.Allowed)
 	})
 }
 
