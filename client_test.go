@@ -413,12 +413,12 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "782b3eb7697d6e245dad878a1a532caff958f888",
-		"fixed_window v3":           "71cca96b999d7692ad6da9531211dcf30b5c222e",
-		"gcra v3":                   "20ad063c317e9bbed7ab1aec4dcb038064aa1d05",
+		"fixed_window v3":           "8c3e2ab67e7f9be1eb07629e5a595fddaa4cfc96",
+		"gcra v3":                   "866bb3cad2d2a72917839d9eb31fb22c42ae0aec",
 		"leaky_bucket v3":           "bb2ec9dd4e0922993f19f4c9a91b4a789511c4d3",
 		"leaky_queue v3":            "51ef254f3b453ba77fc13b6b0b80110e79528a70",
-		"sliding_window_counter v3": "d99cb09d85d875f843af36b8609703617eef005d",
-		"sliding_window_log v3":     "c5f5880a4b8f03408f70dbeda5853bd5050efbe8",
+		"sliding_window_counter v3": "4a431b7a90362e610e3f647634be8ca58d7310ee",
+		"sliding_window_log v3":     "d5e5d301dbde35ef8c03821bbe4a17ff533b06ea",
 		"token_bucket v3":           "97ea46bb6e01ebd2a656fd2a2ff0bde5c814c765",
 	}
 	got := map[string]string{}
