@@ -45,10 +45,10 @@ func vectorSteps(f *testing.F, add func(script string, argv []string, reply []in
 	}
 }
 
-// FuzzLimitValidate checks that Limit.Validate (with the client's checks of
-// n in command) and the scripts agree: a limit and cost the Go client accepts, the
-// script accepts, and one it refuses, the script refuses with one
-// "ERR luarate:" line. Otherwise Go would send requests Redis rejects, or
+// FuzzLimitValidate checks that Limit.Validate (with command's checks of n)
+// and the scripts agree: a limit and cost the Go client accepts, the script
+// accepts, and one it refuses, the script refuses with one "ERR luarate:"
+// line. Otherwise Go would send requests Redis rejects, or
 // refuse limits other languages can use.
 func FuzzLimitValidate(f *testing.F) {
 	vectorSteps(f, func(script string, argv []string, _ []int64) {
