@@ -2,7 +2,6 @@ package luarate
 
 import (
 	"encoding/binary"
-	"errors"
 	"math"
 	"regexp"
 	"strconv"
@@ -46,10 +45,10 @@ func vectorSteps(f *testing.F, add func(script string, argv []string, reply []in
 	}
 }
 
-// FuzzLimitValidate checks that Limit.Validate (with the client's check of
-// n) and the scripts agree: a limit and cost the Go client accepts, the
-// script accepts, and one it refuses, the script refuses with one
-// "ERR luarate:" line. Otherwise Go would send requests Redis rejects, or
+// FuzzLimitValidate checks that Limit.Validate (with command's checks of n)
+// and the scripts agree: a limit and cost the Go client accepts, the script
+// accepts, and one it refuses, the script refuses with one "ERR luarate:"
+// line. Otherwise Go would send requests Redis rejects, or
 // refuse limits other languages can use.
 func FuzzLimitValidate(f *testing.F) {
 	vectorSteps(f, func(script string, argv []string, _ []int64) {
@@ -72,16 +71,16 @@ func FuzzLimitValidate(f *testing.F) {
 	f.Add(int(GCRA), int64(1_000_000_000), int64(1_000_000), int64(4_000_000), int64(1))
 	f.Add(int(TokenBucket), int64(7), int64(999_999_999_999), int64(4000), int64(4000))
 	b := fuzzBackend(f)
+	l := New(b.client, WithPrefix(b.prefix))
 	var seq atomic.Int64
 	f.Fuzz(func(t *testing.T, algo int, rate, periodMS, burst, cost int64) {
 		if periodMS > math.MaxInt64/int64(time.Millisecond) || periodMS < math.MinInt64/int64(time.Millisecond) {
 			return // not representable as a time.Duration
 		}
 		lim := Limit{Algorithm: Algorithm(algo), Rate: int(rate), Period: time.Duration(periodMS) * time.Millisecond, Burst: int(burst)}
-		goErr := lim.Validate()
-		if goErr == nil && (cost < 0 || cost > int64(lim.Capacity())) {
-			goErr = errors.New("n out of range")
-		}
+		// what the client refuses before any round trip: the limit, then n
+		// (its range, and the log's entries per call)
+		_, _, _, goErr := l.command("f", int(cost), OpTake, []Limit{lim})
 		if algo <= 0 || algo >= len(scriptNames) {
 			require.Error(t, goErr, "unknown algorithm accepted")
 			return
