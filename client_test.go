@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "782b3eb7697d6e245dad878a1a532caff958f888",
-		"fixed_window v3":           "8c3e2ab67e7f9be1eb07629e5a595fddaa4cfc96",
-		"gcra v3":                   "866bb3cad2d2a72917839d9eb31fb22c42ae0aec",
-		"leaky_bucket v3":           "bb2ec9dd4e0922993f19f4c9a91b4a789511c4d3",
-		"leaky_queue v3":            "51ef254f3b453ba77fc13b6b0b80110e79528a70",
-		"sliding_window_counter v3": "4a431b7a90362e610e3f647634be8ca58d7310ee",
-		"sliding_window_log v3":     "d5e5d301dbde35ef8c03821bbe4a17ff533b06ea",
-		"token_bucket v3":           "97ea46bb6e01ebd2a656fd2a2ff0bde5c814c765",
+		"fixed_window v3":           "fbc704604c0dfa11b2844ac868861cbc5999d304",
+		"gcra v3":                   "561f29939421adb5ada2ed3ff6187181c8100dad",
+		"leaky_bucket v3":           "acac94edc4d40609154030ca29f15d3c75cb1500",
+		"leaky_queue v3":            "a823e6dbeca95d2955e17682e8e2ae9e8b360c93",
+		"sliding_window_counter v3": "ae32a36f2a4fbe245deb38e035452cefe3448bbf",
+		"sliding_window_log v3":     "9c624cdcbdfc2a7aae994a31aefa5e2c5598f92a",
+		"token_bucket v3":           "54cb51f61e22f277e9da60b70a030e46375fb3f6",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {
