@@ -57,7 +57,7 @@ Examples:
 // The demo's limits, in luarate.ParseLimits notation.
 const (
 	freeLimits    = "10/minute;100/hour"
-	premiumLimits = "100/minute;5000/hour"
+	premiumLimits = "100/minute;3000/hour" // within every algorithm's bounds (the log: rate <= 4000)
 	searchLimits  = "3/minute"
 )
 
