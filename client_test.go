@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "782b3eb7697d6e245dad878a1a532caff958f888",
-		"fixed_window v3":           "fbc704604c0dfa11b2844ac868861cbc5999d304",
-		"gcra v3":                   "561f29939421adb5ada2ed3ff6187181c8100dad",
-		"leaky_bucket v3":           "acac94edc4d40609154030ca29f15d3c75cb1500",
-		"leaky_queue v3":            "a823e6dbeca95d2955e17682e8e2ae9e8b360c93",
-		"sliding_window_counter v3": "ae32a36f2a4fbe245deb38e035452cefe3448bbf",
+		"fixed_window v3":           "2b407288f1b5b3c3df3c3e2bdfbefc3d25d26434",
+		"gcra v3":                   "cf87ca68252fb912340f64e70f87a6e7067630c8",
+		"leaky_bucket v3":           "917bb1b8db8e9c585b3a945b9424bff95bc484e6",
+		"leaky_queue v3":            "5d2392393ae76aa836cbdf3a13a2985b06f5f698",
+		"sliding_window_counter v3": "03667f0d59b7fbf1f817e243a8442482153d3aa7",
 		"sliding_window_log v3":     "9c624cdcbdfc2a7aae994a31aefa5e2c5598f92a",
-		"token_bucket v3":           "54cb51f61e22f277e9da60b70a030e46375fb3f6",
+		"token_bucket v3":           "2705d5b80926ca837999971031cb52b82a21982d",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

@@ -81,7 +81,7 @@ local function fast(key, spec, c, now, batched)
     if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
       local stored = redis.pcall('GET', key)
       local count, first
-      if type(stored) == 'string' then
+      if stored and type(stored) == 'string' then -- (a missing key needs no type check)
         count, first = string.match(stored, '^fw3 (%d+) (%d+)$')
       end
       rate, period, burst = rate + 0, period + 0, burst + 0

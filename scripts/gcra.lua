@@ -83,11 +83,11 @@ local function fast(key, spec, c, now, batched)
     return nil
   end
   local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
-  if not rate then
+  if not rate or #rate > 10 or #period > 13 or #burst > 10 then
     return nil
   end
   local stored = redis.pcall('GET', key)
-  local tat = type(stored) == 'string' and string.match(stored, '^gcra3 (%d+)$')
+  local tat = stored and type(stored) == 'string' and string.match(stored, '^gcra3 (%d+)$')
   rate, period, burst = rate + 0, period + 0, burst + 0
   c = c == '1' and 1 or c + 0
   if burst == 0 then

@@ -88,7 +88,7 @@ local function fast(key, spec, c, now, batched)
     if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
       local stored = redis.pcall('GET', key)
       local level, updated = false, false
-      if type(stored) == 'string' then
+      if stored and type(stored) == 'string' then -- (a missing key needs no type check)
         level, updated = string.match(stored, '^lb3 (%d+) (%d+)$')
       end
       if level and #level <= 16 and #updated <= 13 or not stored then

@@ -102,7 +102,7 @@ local function fast(key, spec, c, now, batched)
     if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
       local stored = redis.pcall('GET', key)
       local cur, seen, prev
-      if type(stored) == 'string' then
+      if stored and type(stored) == 'string' then -- (a missing key needs no type check)
         cur, seen, prev = string.match(stored, '^swc3 (%d+) (%d+) (%d+)$')
       end
       rate, period, burst = rate + 0, period + 0, burst + 0
