@@ -25,6 +25,7 @@ import (
 // and for sliding_window_log, whose work grows with the units it adds, at
 // most maxLogBatchKeys limits and maxLogCost units (cost * keys) in all.
 const (
+	maxInFlight     = 4  // calls of one lane at once: one is decided while others travel
 	maxBatch        = 32 // requests per batch call
 	maxBatchKeys    = 64 // keys per batch call
 	maxLogBatchKeys = 16
@@ -52,8 +53,8 @@ type batcher struct {
 }
 
 type laneState struct {
-	busy  bool      // a call of the lane is in flight
-	queue []*waiter // calls to send when it returns
+	inFlight int       // calls of the lane in flight
+	queue    []*waiter // calls to send when it returns
 }
 
 // waiter is one decision waiting for a batch call.
@@ -82,8 +83,8 @@ func (b *batcher) do(ctx context.Context, script *loadedScript, keys, args []str
 		st = &laneState{}
 		b.lanes[ln] = st
 	}
-	if !st.busy {
-		st.busy = true
+	if st.inFlight < maxInFlight && len(st.queue) == 0 {
+		st.inFlight++
 		b.mu.Unlock()
 		res, err := evalOne(ctx, b.client, script, keys, args)
 		b.next(ln, st)
@@ -107,7 +108,7 @@ func (b *batcher) do(ctx context.Context, script *loadedScript, keys, args []str
 func (b *batcher) next(ln lane, st *laneState) {
 	b.mu.Lock()
 	if len(st.queue) == 0 {
-		st.busy = false
+		st.inFlight--
 		b.mu.Unlock()
 		return
 	}
