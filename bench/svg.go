@@ -7,7 +7,7 @@ import (
 	"math"
 )
 
-// chart draws decisions per second and Redis CPU per call of every contender
+// chart draws decisions per second and Redis CPU per decision of every contender
 // on every workload as horizontal bars, in plain SVG.
 func chart(r *results) []byte {
 	const (
@@ -37,7 +37,7 @@ func chart(r *results) []byte {
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", width, height)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
 	fmt.Fprintf(&b, `<text x="%d" y="20" font-size="14" font-weight="bold">decisions per second (higher is better)</text>`+"\n", labelW)
-	fmt.Fprintf(&b, `<text x="%d" y="20" font-size="14" font-weight="bold">Redis CPU per call, usec (lower is better)</text>`+"\n", labelW+panelW+40)
+	fmt.Fprintf(&b, `<text x="%d" y="20" font-size="14" font-weight="bold">Redis CPU per decision, usec (lower is better)</text>`+"\n", labelW+panelW+40)
 	fmt.Fprintf(&b, `<text x="%d" y="38" fill="#555">%s, 64 goroutines</text>`+"\n", labelW, html.EscapeString(r.redisVersion))
 	y := top
 	for _, w := range workloads {
