@@ -169,8 +169,9 @@ func FuzzScriptArgs(f *testing.F) {
 
 // FuzzParseResult feeds parseResult every shape of reply a proxy, a wrong
 // script or a corrupt stream could produce. It must never panic, must return
-// ErrInvalidResponse for anything but seven non-negative integers with allowed
-// 0 or 1, and must decode those exactly.
+// ErrInvalidResponse for anything but seven non-negative integers in the
+// contract's ranges (allowed 0 or 1, counts up to 1e9, waits that fit a
+// time.Duration), and must decode those exactly.
 func FuzzParseResult(f *testing.F) {
 	vectorSteps(f, func(_ string, _ []string, reply []int64) {
 		if reply != nil {
@@ -298,7 +299,12 @@ func (n fuzzNode) asReply() ([]int64, bool) {
 			return nil, false
 		}
 	}
-	return out, out[0] <= 1
+	// the contract's ranges: allowed 0 or 1; limit, remaining and granted
+	// counts of at most 1e9; the three waits in ms within a time.Duration
+	counts := out[1] <= 1e9 && out[2] <= 1e9 && out[6] <= 1e9
+	const maxMS = math.MaxInt64 / int64(time.Millisecond)
+	waits := out[3] <= maxMS && out[4] <= maxMS && out[5] <= maxMS
+	return out, out[0] <= 1 && counts && waits
 }
 
 // encodeReply turns a reply into fuzz bytes that fuzzReader reads back as
