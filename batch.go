@@ -250,16 +250,13 @@ func batchContext(run []*waiter) (context.Context, context.CancelFunc) {
 
 // evalOne runs one decision in the plain form.
 func evalOne(ctx context.Context, client rueidis.Client, script *loadedScript, keys, args []string) (Result, error) {
-	arr, err := retry(ctx, func() ([]rueidis.RedisMessage, error) {
-		return script.lua.Exec(ctx, client, keys, args).ToArray()
+	msg, err := retry(ctx, func() (rueidis.RedisMessage, error) {
+		return script.lua.Exec(ctx, client, keys, args).ToMessage()
 	})
 	if err != nil {
 		return Result{}, err
 	}
-	if len(arr) != replyLen {
-		return Result{}, ErrInvalidResponse
-	}
-	return parseInts(arr)
+	return parseResult(msg)
 }
 
 // retryBackoff is the first wait before a call refused with TRYAGAIN or
