@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "782b3eb7697d6e245dad878a1a532caff958f888",
-		"fixed_window v3":           "2b407288f1b5b3c3df3c3e2bdfbefc3d25d26434",
-		"gcra v3":                   "cf87ca68252fb912340f64e70f87a6e7067630c8",
-		"leaky_bucket v3":           "917bb1b8db8e9c585b3a945b9424bff95bc484e6",
-		"leaky_queue v3":            "5d2392393ae76aa836cbdf3a13a2985b06f5f698",
-		"sliding_window_counter v3": "03667f0d59b7fbf1f817e243a8442482153d3aa7",
-		"sliding_window_log v3":     "9c624cdcbdfc2a7aae994a31aefa5e2c5598f92a",
-		"token_bucket v3":           "2705d5b80926ca837999971031cb52b82a21982d",
+		"fixed_window v3":           "84713376938298a9dbc01bd1eb75f801c3361d7c",
+		"gcra v3":                   "79453fb67f2852c5bddb1399e8560192994aafb5",
+		"leaky_bucket v3":           "ce21a80c9cba8b679321792823a46c2a37512bfe",
+		"leaky_queue v3":            "7c49891464092cb47e3c5dc3fd6a0531f01e5f91",
+		"sliding_window_counter v3": "e78864c4be1faa656e6eda6839dfba086e79b475",
+		"sliding_window_log v3":     "4ca057459d1a185cba0b833ca25397f4198c33f3",
+		"token_bucket v3":           "c3f5297fbd4dfde610afc2361f7708134b5b02fb",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

@@ -214,15 +214,11 @@ end
 -- four numbers, burst 0 meaning rate and a missing lockout_ms 0.
 local function limit(i, max_rate)
   local s = ARGV[i] or '(missing)'
-  local r, p, b = string.match(s, '^(%d+) (%d+) (%d+)$')
-  local l = '0'
-  if not r then
-    r, p, b, l = string.match(s, '^(%d+) (%d+) (%d+) (%d+)$')
-  end
-  if not r or #r > 10 or #p > 13 or #b > 10 or #l > 13 then
+  local r, p, b, space, l = string.match(s, '^(%d+) (%d+) (%d+)( ?)(%d*)$') -- one pattern: lockout_ms optional
+  if not r or space ~= '' and l == '' or #r > 10 or #p > 13 or #b > 10 or #l > 13 then
     fail('ARGV[%d] must be a limit "rate period_ms burst" or "rate period_ms burst lockout_ms" in plain digits, got "%s"', i, printable(s))
   end
-  r, p, b, l = r + 0, p + 0, b + 0, l + 0
+  r, p, b, l = r + 0, p + 0, b + 0, l == '' and 0 or l + 0
   if r < 1 or r > max_rate then
     fail('ARGV[%d] rate must be from 1 to %.0f, got %.0f', i, max_rate, r)
   elseif p < 1 or p > 1e12 then
