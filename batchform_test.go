@@ -80,6 +80,12 @@ func TestBatchForm(t *testing.T) {
 				reqs := func(tag string) []batchRequest {
 					k := func(n string) string { return "{" + tag + "}:" + script + ":" + n }
 					return []batchRequest{
+						// one key, three common calls in a row: the batch holds its
+						// state between them and writes it once
+						{[]string{k("f")}, "2", "", []string{"5 60000 0"}},
+						{[]string{k("f")}, "2", "", []string{"5 60000 0"}},
+						{[]string{k("f")}, "2", "", []string{"5 60000 0"}}, // denied: 1 left
+						{[]string{k("f")}, "1", "", []string{"5 60000 0"}},
 						{[]string{k("a")}, "3", "", []string{"5 60000 0"}},
 						{[]string{k("b"), k("c")}, "2", atmost, []string{"4 1000 0", "10 3600000 0"}},
 						{[]string{k("a")}, "99", "", []string{"5 60000 0"}}, // above capacity: fails alone
@@ -115,7 +121,7 @@ func TestBatchForm(t *testing.T) {
 					require.Equal(t, want[i], got[i], "request %d", i+1)
 				}
 				require.Equal(t, 3, errors, "the bad requests failed, the others decided")
-				for _, n := range []string{"a", "b", "c", "d", "e"} {
+				for _, n := range []string{"a", "b", "c", "d", "e", "f"} {
 					require.Equal(t, b.value(t, "{plain}:"+script+":"+n), b.value(t, "{batch}:"+script+":"+n), "state of %s", n)
 				}
 

@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "782b3eb7697d6e245dad878a1a532caff958f888",
-		"fixed_window v3":           "84713376938298a9dbc01bd1eb75f801c3361d7c",
-		"gcra v3":                   "79453fb67f2852c5bddb1399e8560192994aafb5",
-		"leaky_bucket v3":           "ce21a80c9cba8b679321792823a46c2a37512bfe",
-		"leaky_queue v3":            "7c49891464092cb47e3c5dc3fd6a0531f01e5f91",
-		"sliding_window_counter v3": "e78864c4be1faa656e6eda6839dfba086e79b475",
-		"sliding_window_log v3":     "4ca057459d1a185cba0b833ca25397f4198c33f3",
-		"token_bucket v3":           "c3f5297fbd4dfde610afc2361f7708134b5b02fb",
+		"fixed_window v3":           "86237a14de0b5f2bf4c3cc2bdebfc1a146651d4e",
+		"gcra v3":                   "7e94b825925ca813c6c25df4e708867c394f243a",
+		"leaky_bucket v3":           "9b5f297671c537c79110fc6350c4eb0023a8e15e",
+		"leaky_queue v3":            "5561e2f5aace49488741ee495c44f02b00e61864",
+		"sliding_window_counter v3": "789af45a11eedf729dd4587be39edd9246ec3bd9",
+		"sliding_window_log v3":     "f55889f9880583f43bf7831257f4d9702a1a93e6",
+		"token_bucket v3":           "920816b5a8fdc95e007285836b8354f16e41a7fc",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

@@ -25,11 +25,11 @@ func sharedRegion(t *testing.T, script, src, name string) string {
 	return region
 }
 
-// TestSharedRegionsIdentical: the plain, prelude and entry regions are byte for
+// TestSharedRegionsIdentical: the pending, plain, prelude and entry regions are byte for
 // byte the same in every limiter script (and in concurrency.lua, if it marks
 // copies of them), so a fix made in one is made in all.
 func TestSharedRegionsIdentical(t *testing.T) {
-	for _, name := range []string{"plain", "prelude", "entry"} {
+	for _, name := range []string{"pending", "plain", "prelude", "entry"} {
 		want := sharedRegion(t, "gcra", scripts["gcra"].Source, name)
 		require.NotEmpty(t, want, "gcra.lua has no shared %s region", name)
 		for _, s := range Scripts() {

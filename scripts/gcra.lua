@@ -72,6 +72,15 @@
 --   redis-cli --eval scripts/gcra.lua rl:{ex}:gcra , '10 1000 10'
 --   redis-cli --eval scripts/gcra.lua rl:{ex}:gcra rl:{ex}:gcra:s rl:{ex}:gcra:h , batch '' '1 1' '10 1000 10' '2 1' '10 1000 0' '100 3600000 0'
 
+-- luarate shared: pending (the same in every limiter script)
+-- In a batch, pending holds each key's state as fast() read or decided it,
+-- and pending_px the PX of what it decided and has not written yet: requests
+-- on one key read and write it there, and it is written once, before any
+-- other path reads keys and at the batch's end. Outside a batch both are nil
+-- and fast() reads and writes Redis itself.
+local pending, pending_px
+-- luarate shared: end
+
 -- fast decides the common call, one limit without a lockout taken (or
 -- peeked, cost 0) at now (microseconds; nil = Redis TIME), for the plain form
 -- and for each such request of a batch. It is defined before anything else,
@@ -86,7 +95,13 @@ local function fast(key, spec, c, now, batched)
   if not rate or #rate > 10 or #period > 13 or #burst > 10 then
     return nil
   end
-  local stored = redis.pcall('GET', key)
+  local stored = pending and pending[key]
+  if stored == nil then
+    stored = redis.pcall('GET', key)
+    if pending then
+      pending[key] = stored -- later requests on this key read it here
+    end
+  end
   local tat = stored and type(stored) == 'string' and string.match(stored, '^gcra3 (%d+)$')
   rate, period, burst = rate + 0, period + 0, burst + 0
   c = c == '1' and 1 or c + 0
@@ -115,7 +130,12 @@ local function fast(key, spec, c, now, batched)
   end
   local reset = math.ceil((new_tat - now) / 1000)
   if c > 0 then
-    redis.call('SET', key, string.format('gcra3 %d', new_tat), 'PX', string.format('%d', reset))
+    local value, px = string.format('gcra3 %d', new_tat), string.format('%d', reset)
+    if pending then
+      pending[key], pending_px[key] = value, px
+    else
+      redis.call('SET', key, value, 'PX', px)
+    end
   end
   return {1, burst, math.floor((now - allow_at) / interval), reset, 0, 0, c}
 end
@@ -393,10 +413,18 @@ local function run()
   end
   local now = clock(2)
   local out, o = {}, 0
+  pending, pending_px = {}, {}
+  local function flush() -- write what fast() decided and holds in pending
+    for key, px in pairs(pending_px) do
+      redis.call('SET', key, pending[key], 'PX', px)
+    end
+    pending, pending_px = {}, {}
+  end
   for j = 1, #requests do
     local q = requests[j]
     local ok, r = true, q[2] == 1 and (q[5] == '' or q[5] == 'take') and fast(KEYS[q[1]], ARGV[q[3]], q[4], now, true)
     if not r then
+      flush() -- the general path reads its keys from Redis
       ok, r = pcall(decide, q[1], q[2], q[3], q[4] + 0, q[5], now)
     end
     if ok then
@@ -409,6 +437,7 @@ local function run()
       error(r, 0) -- Redis's own error fails the whole batch
     end
   end
+  flush()
   return out
 end
 

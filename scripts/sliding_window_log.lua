@@ -94,6 +94,15 @@
 --   redis-cli --eval scripts/sliding_window_log.lua rl:{ex}:swl , '10 1000 0'
 --   redis-cli --eval scripts/sliding_window_log.lua rl:{ex}:swl rl:{ex}:swl:s rl:{ex}:swl:h , batch '' '1 1' '10 1000 0' '2 1' '10 1000 0' '100 3600000 0'
 
+-- luarate shared: pending (the same in every limiter script)
+-- In a batch, pending holds each key's state as fast() read or decided it,
+-- and pending_px the PX of what it decided and has not written yet: requests
+-- on one key read and write it there, and it is written once, before any
+-- other path reads keys and at the batch's end. Outside a batch both are nil
+-- and fast() reads and writes Redis itself.
+local pending, pending_px
+-- luarate shared: end
+
 -- fast decides the common call, one limit without a lockout taken (or
 -- peeked, cost 0) at now (microseconds; nil = Redis TIME), for the plain
 -- form; it is defined before anything else, so the plain call pays for no
@@ -534,10 +543,18 @@ local function run()
   end
   local now = clock(2)
   local out, o = {}, 0
+  pending, pending_px = {}, {}
+  local function flush() -- write what fast() decided and holds in pending
+    for key, px in pairs(pending_px) do
+      redis.call('SET', key, pending[key], 'PX', px)
+    end
+    pending, pending_px = {}, {}
+  end
   for j = 1, #requests do
     local q = requests[j]
     local ok, r = true, q[2] == 1 and (q[5] == '' or q[5] == 'take') and fast(KEYS[q[1]], ARGV[q[3]], q[4], now, true)
     if not r then
+      flush() -- the general path reads its keys from Redis
       ok, r = pcall(decide, q[1], q[2], q[3], q[4] + 0, q[5], now)
     end
     if ok then
@@ -550,6 +567,7 @@ local function run()
       error(r, 0) -- Redis's own error fails the whole batch
     end
   end
+  flush()
   return out
 end
 
