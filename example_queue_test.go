@@ -12,7 +12,7 @@ import (
 )
 
 // Shaping instead of denying: a LeakyQueue lets requests leave one every
-// Period/Rate (here 10 ms) and queues up to Burst of them; Wait sleeps each
+// Period/Rate (here 100 ms) and queues up to Burst of them; Wait sleeps each
 // one's Delay. A request that does not fit in the queue waits for a place,
 // unless ctx's deadline comes first: then Wait says so at once.
 func ExampleLimiter_Wait() {
@@ -22,7 +22,7 @@ func ExampleLimiter_Wait() {
 	defer client.Close()
 	now := time.UnixMilli(1_700_000_000_000)
 	limiter := luarate.New(client, luarate.WithClock(func() time.Time { return now }))
-	limit := luarate.Limit{Algorithm: luarate.LeakyQueue, Rate: 100, Period: time.Second, Burst: 3}
+	limit := luarate.Limit{Algorithm: luarate.LeakyQueue, Rate: 10, Period: time.Second, Burst: 3}
 
 	ctx := context.Background()
 	for i := 1; i <= 3; i++ {
@@ -33,7 +33,7 @@ func ExampleLimiter_Wait() {
 		fmt.Printf("request %d: went after %v\n", i, res.Delay)
 		now = now.Add(time.Millisecond) // the next arrives 1ms later
 	}
-	soon, cancel := context.WithTimeout(ctx, 5*time.Millisecond)
+	soon, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
 	res, err := limiter.Wait(soon, "export-job", limit)
 	if errors.Is(err, context.DeadlineExceeded) && !res.Allowed {
@@ -41,9 +41,9 @@ func ExampleLimiter_Wait() {
 	}
 	// Output:
 	// request 1: went after 0s
-	// request 2: went after 9ms
-	// request 3: went after 18ms
-	// request 4: queue full for 7ms, longer than the deadline
+	// request 2: went after 99ms
+	// request 3: went after 198ms
+	// request 4: queue full for 97ms, longer than the deadline
 }
 
 // At most 2 requests of one tenant in flight. A lease that is never released

@@ -103,10 +103,10 @@ func TestWait(t *testing.T) {
 		require.Equal(t, 100*time.Millisecond, res.Delay)
 		require.GreaterOrEqual(t, time.Since(start), 100*time.Millisecond, "Wait slept the delay")
 
-		// the third place waits 200 ms; the context ends after 60 (time
+		// the third place waits 200 ms; the context ends after 120 (time
 		// enough for the Redis call on a loaded machine). The error says
 		// Wait returned when the context ended, not after the delay.
-		cctx, cancel := context.WithTimeout(ctx, 60*time.Millisecond)
+		cctx, cancel := context.WithTimeout(ctx, 120*time.Millisecond)
 		defer cancel()
 		res, err = l.Wait(cctx, "w", limit)
 		require.ErrorIs(t, err, context.DeadlineExceeded)
