@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "782b3eb7697d6e245dad878a1a532caff958f888",
-		"fixed_window v3":           "86237a14de0b5f2bf4c3cc2bdebfc1a146651d4e",
-		"gcra v3":                   "7e94b825925ca813c6c25df4e708867c394f243a",
-		"leaky_bucket v3":           "9b5f297671c537c79110fc6350c4eb0023a8e15e",
-		"leaky_queue v3":            "5561e2f5aace49488741ee495c44f02b00e61864",
-		"sliding_window_counter v3": "789af45a11eedf729dd4587be39edd9246ec3bd9",
-		"sliding_window_log v3":     "f55889f9880583f43bf7831257f4d9702a1a93e6",
-		"token_bucket v3":           "920816b5a8fdc95e007285836b8354f16e41a7fc",
+		"fixed_window v3":           "76238320616d2eac8f42b415dbfd45311401270d",
+		"gcra v3":                   "2b9483bb7d7d67d8294e35818286755b7f555ad0",
+		"leaky_bucket v3":           "e1bdb6bd89fb87f3446bcd2bbda8ecf8b5919dc3",
+		"leaky_queue v3":            "f26bfc306d120afa46b734553eea6e49e19d7c4e",
+		"sliding_window_counter v3": "93bc6c3bcf957bb6ecc27370362dbe2532c32fa2",
+		"sliding_window_log v3":     "e864e7db37e4840119fca9a840ac469b8b3c9be5",
+		"token_bucket v3":           "68acf3d0fed32d3aec9e77928853da70bad34af2",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

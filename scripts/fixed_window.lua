@@ -70,12 +70,12 @@
 --   redis-cli --eval scripts/fixed_window.lua rl:{ex}:fw rl:{ex}:fw:s rl:{ex}:fw:h , batch '' '1 1' '10 1000 0' '2 1' '10 1000 0' '100 3600000 0'
 
 -- luarate shared: pending (the same in every limiter script)
--- In a batch, pending holds each key's state as fast() read or decided it,
--- and pending_px the PX of what it decided and has not written yet: requests
--- on one key read and write it there, and it is written once, before any
--- other path reads keys and at the batch's end. Outside a batch both are nil
--- and fast() reads and writes Redis itself.
-local pending, pending_px
+-- fast's last two arguments: in a batch, pending holds each key's state as
+-- fast read or decided it, and pending_px the PX of what it decided and has
+-- not written yet. Requests on one key read and write it there, and the batch
+-- writes it once, before any other path reads keys and at its end. Outside a
+-- batch both are nil, and fast reads and writes Redis itself. (They are
+-- arguments, not upvalues: a closure without upvalues is cheaper to make.)
 -- luarate shared: end
 
 -- fast decides the common call, one limit without a lockout taken (or
@@ -84,7 +84,7 @@ local pending, pending_px
 -- so the plain call pays for no other function. It returns nil for any
 -- argument or state it does not accept: the general path below then decides
 -- the same call, and names what is wrong.
-local function fast(key, spec, c, now, batched)
+local function fast(key, spec, c, now, pending, pending_px)
   if c == '1' or #c <= 10 and string.find(c, '^%d+$') then
     local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
     if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
@@ -96,7 +96,7 @@ local function fast(key, spec, c, now, batched)
         end
       end
       local count, first
-      if stored and type(stored) == 'string' then -- (a missing key needs no type check)
+      if stored and not stored.err then -- a string (an error reply is a table with err)
         count, first = string.match(stored, '^fw3 (%d+) (%d+)$')
       end
       rate, period, burst = rate + 0, period + 0, burst + 0
@@ -137,15 +137,21 @@ local function fast(key, spec, c, now, batched)
 end
 
 -- luarate shared: plain (the same in every limiter script)
--- The plain form of the common call goes to fast first.
+-- The plain form of the common call goes to fast first, and the usual call
+-- of all, one limit and nothing else, with the fewest checks.
 do
-  local nargs, how, now_ms = #ARGV, ARGV[4] or '', ARGV[3] or ''
-  if #KEYS == 1 and nargs <= 4 and (how == '' or how == 'take')
-    and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$') and now_ms + 0 <= 4e12) then
-    local r = fast(KEYS[1], ARGV[1] or '', ARGV[2] or '1', now_ms ~= '' and now_ms * 1000 or nil, false)
-    if r then
-      return r
+  local nargs, r = #ARGV, nil
+  if nargs == 1 and #KEYS == 1 then
+    r = fast(KEYS[1], ARGV[1], '1', nil)
+  elseif nargs > 1 and nargs <= 4 and #KEYS == 1 then
+    local how, now_ms = ARGV[4] or '', ARGV[3] or ''
+    if (how == '' or how == 'take')
+      and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$') and now_ms + 0 <= 4e12) then
+      r = fast(KEYS[1], ARGV[1], ARGV[2], now_ms ~= '' and now_ms * 1000 or nil)
     end
+  end
+  if r then
+    return r
   end
 end
 -- luarate shared: end
@@ -401,18 +407,21 @@ local function run()
   end
   local now = clock(2)
   local out, o = {}, 0
-  pending, pending_px = {}, {}
-  local function flush() -- write what fast() decided and holds in pending
+  local pending, pending_px = {}, {}
+  -- flush writes what fast decided and holds in pending, and returns empty
+  -- ones (tables passed, not upvalues: gopher-lua, which tests use, loses an
+  -- upvalue's assignments after an error caught by pcall)
+  local function flush(pending, pending_px)
     for key, px in pairs(pending_px) do
       redis.call('SET', key, pending[key], 'PX', px)
     end
-    pending, pending_px = {}, {}
+    return {}, {}
   end
   for j = 1, #requests do
     local q = requests[j]
-    local ok, r = true, q[2] == 1 and (q[5] == '' or q[5] == 'take') and fast(KEYS[q[1]], ARGV[q[3]], q[4], now, true)
+    local ok, r = true, q[2] == 1 and (q[5] == '' or q[5] == 'take') and fast(KEYS[q[1]], ARGV[q[3]], q[4], now, pending, pending_px)
     if not r then
-      flush() -- the general path reads its keys from Redis
+      pending, pending_px = flush(pending, pending_px) -- the general path reads its keys from Redis
       ok, r = pcall(decide, q[1], q[2], q[3], q[4] + 0, q[5], now)
     end
     if ok then
@@ -425,7 +434,7 @@ local function run()
       error(r, 0) -- Redis's own error fails the whole batch
     end
   end
-  flush()
+  flush(pending, pending_px)
   return out
 end
 

@@ -73,12 +73,12 @@
 --   redis-cli --eval scripts/gcra.lua rl:{ex}:gcra rl:{ex}:gcra:s rl:{ex}:gcra:h , batch '' '1 1' '10 1000 10' '2 1' '10 1000 0' '100 3600000 0'
 
 -- luarate shared: pending (the same in every limiter script)
--- In a batch, pending holds each key's state as fast() read or decided it,
--- and pending_px the PX of what it decided and has not written yet: requests
--- on one key read and write it there, and it is written once, before any
--- other path reads keys and at the batch's end. Outside a batch both are nil
--- and fast() reads and writes Redis itself.
-local pending, pending_px
+-- fast's last two arguments: in a batch, pending holds each key's state as
+-- fast read or decided it, and pending_px the PX of what it decided and has
+-- not written yet. Requests on one key read and write it there, and the batch
+-- writes it once, before any other path reads keys and at its end. Outside a
+-- batch both are nil, and fast reads and writes Redis itself. (They are
+-- arguments, not upvalues: a closure without upvalues is cheaper to make.)
 -- luarate shared: end
 
 -- fast decides the common call, one limit without a lockout taken (or
@@ -87,7 +87,7 @@ local pending, pending_px
 -- so the plain call pays for no other function. It returns nil for any
 -- argument or state it does not accept: the general path below then decides
 -- the same call, and names what is wrong.
-local function fast(key, spec, c, now, batched)
+local function fast(key, spec, c, now, pending, pending_px)
   if #spec > 36 or not (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
     return nil
   end
@@ -102,13 +102,16 @@ local function fast(key, spec, c, now, batched)
       pending[key] = stored -- later requests on this key read it here
     end
   end
-  local tat = stored and type(stored) == 'string' and string.match(stored, '^gcra3 (%d+)$')
+  local tat = stored and not stored.err and string.match(stored, '^gcra3 (%d+)$') -- (an error reply is a table with err)
   rate, period, burst = rate + 0, period + 0, burst + 0
   c = c == '1' and 1 or c + 0
   if burst == 0 then
     burst = rate
   end
-  local interval = math.ceil(period * 1000 / rate) -- T, in microseconds
+  -- floor(a / b) = (a - a % b) / b and ceil(a / b) = (a + -a % b) / b,
+  -- exact for these integers (all below 2^53), without a function call
+  local p = period * 1000
+  local interval = (p + -p % rate) / rate -- T, in microseconds, rounded up
   local tolerance = burst * interval
   if not (tat or not stored) or rate < 1 or rate > 1e9 or rate > period * 1000 or period > 1e12
     or burst > 1e9 or c > burst or tolerance > 4e15 then
@@ -125,10 +128,12 @@ local function fast(key, spec, c, now, batched)
   local new_tat = tat + c * interval
   local allow_at = new_tat - tolerance
   if now < allow_at then
-    local left = math.floor((now + tolerance - tat) / interval)
-    return {0, burst, left > 0 and left or 0, math.ceil((tat - now) / 1000), math.ceil((allow_at - now) / 1000), 0, 0}
+    local room, full, wait = now + tolerance - tat, tat - now, allow_at - now
+    local left = (room - room % interval) / interval
+    return {0, burst, left > 0 and left or 0, (full + -full % 1000) / 1000, (wait + -wait % 1000) / 1000, 0, 0}
   end
-  local reset = math.ceil((new_tat - now) / 1000)
+  local full, room = new_tat - now, now - allow_at
+  local reset = (full + -full % 1000) / 1000
   if c > 0 then
     local value, px = string.format('gcra3 %d', new_tat), string.format('%d', reset)
     if pending then
@@ -137,19 +142,25 @@ local function fast(key, spec, c, now, batched)
       redis.call('SET', key, value, 'PX', px)
     end
   end
-  return {1, burst, math.floor((now - allow_at) / interval), reset, 0, 0, c}
+  return {1, burst, (room - room % interval) / interval, reset, 0, 0, c}
 end
 
 -- luarate shared: plain (the same in every limiter script)
--- The plain form of the common call goes to fast first.
+-- The plain form of the common call goes to fast first, and the usual call
+-- of all, one limit and nothing else, with the fewest checks.
 do
-  local nargs, how, now_ms = #ARGV, ARGV[4] or '', ARGV[3] or ''
-  if #KEYS == 1 and nargs <= 4 and (how == '' or how == 'take')
-    and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$') and now_ms + 0 <= 4e12) then
-    local r = fast(KEYS[1], ARGV[1] or '', ARGV[2] or '1', now_ms ~= '' and now_ms * 1000 or nil, false)
-    if r then
-      return r
+  local nargs, r = #ARGV, nil
+  if nargs == 1 and #KEYS == 1 then
+    r = fast(KEYS[1], ARGV[1], '1', nil)
+  elseif nargs > 1 and nargs <= 4 and #KEYS == 1 then
+    local how, now_ms = ARGV[4] or '', ARGV[3] or ''
+    if (how == '' or how == 'take')
+      and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$') and now_ms + 0 <= 4e12) then
+      r = fast(KEYS[1], ARGV[1], ARGV[2], now_ms ~= '' and now_ms * 1000 or nil)
     end
+  end
+  if r then
+    return r
   end
 end
 -- luarate shared: end
@@ -413,18 +424,21 @@ local function run()
   end
   local now = clock(2)
   local out, o = {}, 0
-  pending, pending_px = {}, {}
-  local function flush() -- write what fast() decided and holds in pending
+  local pending, pending_px = {}, {}
+  -- flush writes what fast decided and holds in pending, and returns empty
+  -- ones (tables passed, not upvalues: gopher-lua, which tests use, loses an
+  -- upvalue's assignments after an error caught by pcall)
+  local function flush(pending, pending_px)
     for key, px in pairs(pending_px) do
       redis.call('SET', key, pending[key], 'PX', px)
     end
-    pending, pending_px = {}, {}
+    return {}, {}
   end
   for j = 1, #requests do
     local q = requests[j]
-    local ok, r = true, q[2] == 1 and (q[5] == '' or q[5] == 'take') and fast(KEYS[q[1]], ARGV[q[3]], q[4], now, true)
+    local ok, r = true, q[2] == 1 and (q[5] == '' or q[5] == 'take') and fast(KEYS[q[1]], ARGV[q[3]], q[4], now, pending, pending_px)
     if not r then
-      flush() -- the general path reads its keys from Redis
+      pending, pending_px = flush(pending, pending_px) -- the general path reads its keys from Redis
       ok, r = pcall(decide, q[1], q[2], q[3], q[4] + 0, q[5], now)
     end
     if ok then
@@ -437,7 +451,7 @@ local function run()
       error(r, 0) -- Redis's own error fails the whole batch
     end
   end
-  flush()
+  flush(pending, pending_px)
   return out
 end
 
