@@ -112,7 +112,7 @@ local function fast(key, spec, c, now, pending, pending_px)
         if burst == 0 then
           burst = rate
         end
-        local g, b = rate, period -- g = gcd(rate, period)
+        local g, b = rate, period % rate -- g = gcd(rate, period); rate, when it divides period
         while b > 0 do
           local r = g % b
           g = b
