@@ -419,7 +419,7 @@ func TestScriptsArePinned(t *testing.T) {
 		"leaky_queue v3":            "f26bfc306d120afa46b734553eea6e49e19d7c4e",
 		"sliding_window_counter v3": "93bc6c3bcf957bb6ecc27370362dbe2532c32fa2",
 		"sliding_window_log v3":     "e864e7db37e4840119fca9a840ac469b8b3c9be5",
-		"token_bucket v3":           "57c76f547e0f691b623f47c0009722a20323c77d",
+		"token_bucket v3":           "561919c97d727feae003f33a63d5abdb043901a8",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

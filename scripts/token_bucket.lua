@@ -98,17 +98,13 @@ local function fast(key, spec, c, now, pending, pending_px)
           pending[key] = stored -- later requests on this key read it here
         end
       end
-      local level, updated = false, false
+      local level, updated
       if stored and not stored.err then -- a string (an error reply is a table with err)
         level, updated = string.match(stored, '^tb3 (%d+) (%d+)$')
       end
       if level and #level <= 16 and #updated <= 13 or not stored then
         rate, period, burst = rate + 0, period + 0, burst + 0
-        if c == '1' then
-          c = 1
-        else
-          c = c + 0
-        end
+        c = c == '1' and 1 or c + 0
         if burst == 0 then
           burst = rate
         end
@@ -133,15 +129,11 @@ local function fast(key, spec, c, now, pending, pending_px)
           end
           if level <= 4e15 and updated <= 4e12 then
             if now > updated then
-              if now - updated >= (capacity - level) / fill then
-                level = capacity
-              else
-                level = level + (now - updated) * fill
-              end
+              level = level + (now - updated) * fill -- exact up to capacity, cut below
               updated = now
             end
             if level > capacity then
-              level = capacity -- the limit was lowered since this state was written
+              level = capacity -- full, or the limit was lowered since this state was written
             end
             local lag, need = updated - now, c * unit -- lag > 0: the clock went back
             -- floor(a / b) = (a - a % b) / b and ceil(a / b) = (a + -a % b) / b,
