@@ -414,11 +414,11 @@ func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "782b3eb7697d6e245dad878a1a532caff958f888",
 		"fixed_window v3":           "76238320616d2eac8f42b415dbfd45311401270d",
-		"gcra v3":                   "2b9483bb7d7d67d8294e35818286755b7f555ad0",
+		"gcra v3":                   "36622cd3e2a1ea68b50234653febe86e5eaf8e14",
 		"leaky_bucket v3":           "e1bdb6bd89fb87f3446bcd2bbda8ecf8b5919dc3",
 		"leaky_queue v3":            "f26bfc306d120afa46b734553eea6e49e19d7c4e",
 		"sliding_window_counter v3": "93bc6c3bcf957bb6ecc27370362dbe2532c32fa2",
-		"sliding_window_log v3":     "e864e7db37e4840119fca9a840ac469b8b3c9be5",
+		"sliding_window_log v3":     "453d71dc39d2876bf0e1e7d27fe92460c6106436",
 		"token_bucket v3":           "561919c97d727feae003f33a63d5abdb043901a8",
 	}
 	got := map[string]string{}

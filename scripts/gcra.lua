@@ -113,7 +113,7 @@ local function fast(key, spec, c, now, pending, pending_px)
   local p = period * 1000
   local interval = (p + -p % rate) / rate -- T, in microseconds, rounded up
   local tolerance = burst * interval
-  if not (tat or not stored) or rate < 1 or rate > 1e9 or rate > period * 1000 or period > 1e12
+  if not (tat or not stored) or rate < 1 or rate > 1e9 or rate > p or period > 1e12
     or burst > 1e9 or c > burst or tolerance > 4e15 then
     return nil
   end

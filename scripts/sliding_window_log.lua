@@ -106,10 +106,10 @@
 -- fast decides the common call, one limit without a lockout taken (or
 -- peeked, cost 0) at now (microseconds; nil = Redis TIME), for the plain
 -- form; it is defined before anything else, so the plain call pays for no
--- other function. In a batch it declines (pending is set), so that every request's
--- units count toward the batch's cap in the general path. It returns nil for
--- any argument or state it does not accept: the general path below then
--- decides the same call, and names what is wrong.
+-- other function. In a batch it declines (pending is set), so that every
+-- request's units count toward the batch's cap in the general path. It
+-- returns nil for any argument or state it does not accept: the general path
+-- below then decides the same call, and names what is wrong.
 local function fast(key, spec, c, now, pending, pending_px)
   if not pending and #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
     local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
