@@ -80,12 +80,17 @@ func TestBatchForm(t *testing.T) {
 				reqs := func(tag string) []batchRequest {
 					k := func(n string) string { return "{" + tag + "}:" + script + ":" + n }
 					return []batchRequest{
-						// one key, three common calls in a row: the batch holds its
+						// one key, common calls in a row: the batch holds its
 						// state between them and writes it once
 						{[]string{k("f")}, "2", "", []string{"5 60000 0"}},
 						{[]string{k("f")}, "2", "", []string{"5 60000 0"}},
 						{[]string{k("f")}, "2", "", []string{"5 60000 0"}}, // denied: 1 left
+						{[]string{k("f")}, "2", "", []string{"5 60000 0"}}, // the same denial, not decided again
 						{[]string{k("f")}, "1", "", []string{"5 60000 0"}},
+						{[]string{k("f")}, "2", "", []string{"5 60000 0"}},     // the state changed: decided anew
+						{[]string{k("f")}, "2", "", []string{"6 60000 0"}},     // another limit: decided anew
+						{[]string{k("f")}, "1", atmost, []string{"5 60000 0"}}, // the general path, from Redis
+						{[]string{k("f")}, "2", "", []string{"5 60000 0"}},
 						{[]string{k("a")}, "3", "", []string{"5 60000 0"}},
 						{[]string{k("b"), k("c")}, "2", atmost, []string{"4 1000 0", "10 3600000 0"}},
 						{[]string{k("a")}, "99", "", []string{"5 60000 0"}}, // above capacity: fails alone

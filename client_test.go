@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "782b3eb7697d6e245dad878a1a532caff958f888",
-		"fixed_window v3":           "76238320616d2eac8f42b415dbfd45311401270d",
-		"gcra v3":                   "36622cd3e2a1ea68b50234653febe86e5eaf8e14",
-		"leaky_bucket v3":           "e1bdb6bd89fb87f3446bcd2bbda8ecf8b5919dc3",
-		"leaky_queue v3":            "f26bfc306d120afa46b734553eea6e49e19d7c4e",
-		"sliding_window_counter v3": "93bc6c3bcf957bb6ecc27370362dbe2532c32fa2",
-		"sliding_window_log v3":     "453d71dc39d2876bf0e1e7d27fe92460c6106436",
-		"token_bucket v3":           "561919c97d727feae003f33a63d5abdb043901a8",
+		"fixed_window v3":           "b6e772bba344ec1cbd556fbe7d67dc547fd1a406",
+		"gcra v3":                   "75248f2aca188b1ff94d96587d0c375c555fae81",
+		"leaky_bucket v3":           "3a677a7e45a2ca41233b11bf5a291168ab3b5676",
+		"leaky_queue v3":            "e6411b40c7b36e596d722e0ad850c17d6aa03b86",
+		"sliding_window_counter v3": "173f17561da97624ab387a520ad870f67ecc0efc",
+		"sliding_window_log v3":     "fba523cf444fa33c4af4acbf4947c836cceeccca",
+		"token_bucket v3":           "4d01141e8cf42da439b36d985bd61e5dc80568c7",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

@@ -523,29 +523,33 @@ local function run()
     return decide(1, nkeys, 1, cost, how, clock(nkeys + 2))
   end
 
-  -- a batch: check its shape first, so a refused batch changes nothing
-  local requests, k, a = {}, 1, 3
-  while a <= nargs do
+  -- a batch: check its shape first, so a refused batch changes nothing.
+  -- request reads request j's header, ARGV[a]: its nkeys, cost and mode.
+  local function request(j, a)
     local h = ARGV[a]
-    local n, cost, how = '1', '1', nil -- the usual request, read without a pattern
-    if h ~= '1 1' then
-      n, cost, how = string.match(h, '^(%d+) (%d+)$')
-      if not n then
-        n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
-      end
+    if h == '1 1' then
+      return 1, '1', '' -- the usual request, read without a pattern
+    end
+    local n, cost, how = string.match(h, '^(%d+) (%d+)$')
+    if not n then
+      n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
     end
     if not n or #n > 2 or #cost > 10 or (how and how ~= 'take' and how ~= 'atmost' and how ~= 'refund') then
       fail('ARGV[%d] must be a request "nkeys cost" or "nkeys cost mode", got "%s"', a, printable(h))
     end
-    n = n + 0
+    return n + 0, cost, how or ''
+  end
+  local count, k, a = 0, 1, 3
+  while a <= nargs do
+    count = count + 1
+    local n = request(count, a)
     if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
-      fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, #requests + 1, printable(h))
+      fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, count, printable(ARGV[a]))
     end
-    requests[#requests + 1] = {k, n, a + 1, cost, how or ''}
     k, a = k + n, a + n + 1
   end
-  if #requests == 0 or #requests > 32 or nkeys > 64 or k <= nkeys then
-    fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', #requests, k - 1, nkeys)
+  if count == 0 or count > 32 or nkeys > 64 or k <= nkeys then
+    fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', count, k - 1, nkeys)
   end
   local now = clock(2)
   local out, o = {}, 0
@@ -559,12 +563,31 @@ local function run()
     end
     return {}, {}
   end
-  for j = 1, #requests do
-    local q = requests[j]
-    local ok, r = true, q[2] == 1 and (q[5] == '' or q[5] == 'take') and fast(KEYS[q[1]], ARGV[q[3]], q[4], now, pending, pending_px)
+  -- denied[key] is the last denial fast gave on key, {spec, cost, state,
+  -- reply}. fast decides by those and the batch's one now alone, and a denial
+  -- writes nothing, so the same request on the same state is denied alike
+  -- without deciding it again: a flood on one key costs a lookup per request.
+  local denied = {}
+  k, a = 1, 3
+  for j = 1, count do
+    local n, cost, how = request(j, a)
+    local ok, r = true, nil
+    if n == 1 and (how == '' or how == 'take') then
+      local key, spec = KEYS[k], ARGV[a + 1]
+      local state = pending[key]
+      local d = denied[key]
+      if d and d[3] == state and d[1] == spec and d[2] == cost then
+        r = d[4]
+      else
+        r = fast(key, spec, cost, now, pending, pending_px)
+        if r and r[1] == 0 and (state == nil or state == pending[key]) then
+          denied[key] = {spec, cost, pending[key], r}
+        end
+      end
+    end
     if not r then
       pending, pending_px = flush(pending, pending_px) -- the general path reads its keys from Redis
-      ok, r = pcall(decide, q[1], q[2], q[3], q[4] + 0, q[5], now)
+      ok, r = pcall(decide, k, n, a + 1, cost + 0, how, now)
     end
     if ok then
       out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] = r[1], r[2], r[3], r[4], r[5], r[6], r[7]
@@ -575,6 +598,7 @@ local function run()
     else
       error(r, 0) -- Redis's own error fails the whole batch
     end
+    k, a = k + n, a + n + 1
   end
   flush(pending, pending_px)
   return out
