@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "782b3eb7697d6e245dad878a1a532caff958f888",
-		"fixed_window v3":           "b6e772bba344ec1cbd556fbe7d67dc547fd1a406",
-		"gcra v3":                   "75248f2aca188b1ff94d96587d0c375c555fae81",
-		"leaky_bucket v3":           "3a677a7e45a2ca41233b11bf5a291168ab3b5676",
-		"leaky_queue v3":            "e6411b40c7b36e596d722e0ad850c17d6aa03b86",
-		"sliding_window_counter v3": "173f17561da97624ab387a520ad870f67ecc0efc",
-		"sliding_window_log v3":     "fba523cf444fa33c4af4acbf4947c836cceeccca",
-		"token_bucket v3":           "4d01141e8cf42da439b36d985bd61e5dc80568c7",
+		"fixed_window v3":           "d8ae2ba6c56f51cecb5a35cba8ad6ea6093f9dc4",
+		"gcra v3":                   "b958192c00fd79c2d96533f91cf03ff0357dd61a",
+		"leaky_bucket v3":           "8bf0c16d509185e124c75501f21af05f891a97bc",
+		"leaky_queue v3":            "0378a34383788c0c8c4f06aaced8a0c3237f6b45",
+		"sliding_window_counter v3": "a52a900b2a86fc9ec143a9d5c6a7542bdea4a3a2",
+		"sliding_window_log v3":     "4822e0c51c89aa33764654debf34758ac12ce3d6",
+		"token_bucket v3":           "396c02acc470a6c18bf8f450b193f2553f69a894",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

@@ -95,12 +95,15 @@
 --   redis-cli --eval scripts/sliding_window_log.lua rl:{ex}:swl rl:{ex}:swl:s rl:{ex}:swl:h , batch '' '1 1' '10 1000 0' '2 1' '10 1000 0' '100 3600000 0'
 
 -- luarate shared: pending (the same in every limiter script)
--- fast's last two arguments: in a batch, pending holds each key's state as
--- fast read or decided it, and pending_px the PX of what it decided and has
--- not written yet. Requests on one key read and write it there, and the batch
--- writes it once, before any other path reads keys and at its end. Outside a
--- batch both are nil, and fast reads and writes Redis itself. (They are
--- arguments, not upvalues: a closure without upvalues is cheaper to make.)
+-- fast's cost c is the number 1 (the usual cost) or a string to check. Its
+-- last three arguments: in a batch, pending holds each key's state as fast
+-- read or decided it, and pending_px the PX of what it decided and has not
+-- written yet. Requests on one key read and write it there, and the batch
+-- writes it once, before any other path reads keys and at its end. limits
+-- holds the numbers fast read from each limit string, so later requests with
+-- that limit skip reading and checking it. Outside a batch all three are
+-- nil, and fast reads and writes Redis itself. (They are arguments, not
+-- upvalues: a closure without upvalues is cheaper to make.)
 -- luarate shared: end
 
 -- fast decides the common call, one limit without a lockout taken (or
@@ -111,7 +114,7 @@
 -- returns nil for any argument or state it does not accept: the general path
 -- below then decides the same call, and names what is wrong.
 local function fast(key, spec, c, now, pending, pending_px)
-  if not pending and #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
+  if not pending and #spec <= 36 and (c == 1 or #c <= 10 and string.find(c, '^%d+$')) then
     local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
     local top = redis.pcall('ZRANGE', key, '-2', '-1') -- the newest entry and the marker
     local n, newest, d, j = #top
@@ -120,7 +123,7 @@ local function fast(key, spec, c, now, pending, pending_px)
     end
     if rate and (n == 0 and not top.err or top[n] == 'swl3' and (n == 1 or newest and #newest <= 16 and #j == d + 0)) then
       rate, period, burst = rate + 0, period + 0, burst + 0
-      c = c == '1' and 1 or c + 0
+      c = c + 0 -- (1, the usual cost, is a number already)
       if rate >= 1 and rate <= 4000 and period >= 1 and period <= 1e12 and (burst == 0 or burst == rate) and c <= rate and c <= 128 then
         if not now then
           local t = redis.call('TIME')
@@ -191,7 +194,7 @@ end
 do
   local nargs, r = #ARGV, nil
   if nargs == 1 and #KEYS == 1 then
-    r = fast(KEYS[1], ARGV[1], '1', nil)
+    r = fast(KEYS[1], ARGV[1], 1)
   elseif nargs > 1 and nargs <= 4 and #KEYS == 1 then
     local how, now_ms = ARGV[4] or '', ARGV[3] or ''
     if (how == '' or how == 'take')
@@ -525,11 +528,9 @@ local function run()
 
   -- a batch: check its shape first, so a refused batch changes nothing.
   -- request reads request j's header, ARGV[a]: its nkeys, cost and mode.
+  -- (Callers read the usual one, "1 1", without it.)
   local function request(j, a)
     local h = ARGV[a]
-    if h == '1 1' then
-      return 1, '1', '' -- the usual request, read without a pattern
-    end
     local n, cost, how = string.match(h, '^(%d+) (%d+)$')
     if not n then
       n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
@@ -542,7 +543,7 @@ local function run()
   local count, k, a = 0, 1, 3
   while a <= nargs do
     count = count + 1
-    local n = request(count, a)
+    local n = ARGV[a] == '1 1' and 1 or request(count, a)
     if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
       fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, count, printable(ARGV[a]))
     end
@@ -567,10 +568,13 @@ local function run()
   -- reply}. fast decides by those and the batch's one now alone, and a denial
   -- writes nothing, so the same request on the same state is denied alike
   -- without deciding it again: a flood on one key costs a lookup per request.
-  local denied = {}
+  local denied, limits = {}, {}
   k, a = 1, 3
   for j = 1, count do
-    local n, cost, how = request(j, a)
+    local n, cost, how = 1, 1, '' -- (fast takes the usual cost as a number)
+    if ARGV[a] ~= '1 1' then
+      n, cost, how = request(j, a)
+    end
     local ok, r = true, nil
     if n == 1 and (how == '' or how == 'take') then
       local key, spec = KEYS[k], ARGV[a + 1]
@@ -579,7 +583,7 @@ local function run()
       if d and d[3] == state and d[1] == spec and d[2] == cost then
         r = d[4]
       else
-        r = fast(key, spec, cost, now, pending, pending_px)
+        r = fast(key, spec, cost, now, pending, pending_px, limits)
         if r and r[1] == 0 and (state == nil or state == pending[key]) then
           denied[key] = {spec, cost, pending[key], r}
         end

@@ -73,12 +73,15 @@
 --   redis-cli --eval scripts/token_bucket.lua rl:{ex}:tb rl:{ex}:tb:s rl:{ex}:tb:h , batch '' '1 1' '10 1000 10' '2 1' '10 1000 0' '100 3600000 0'
 
 -- luarate shared: pending (the same in every limiter script)
--- fast's last two arguments: in a batch, pending holds each key's state as
--- fast read or decided it, and pending_px the PX of what it decided and has
--- not written yet. Requests on one key read and write it there, and the batch
--- writes it once, before any other path reads keys and at its end. Outside a
--- batch both are nil, and fast reads and writes Redis itself. (They are
--- arguments, not upvalues: a closure without upvalues is cheaper to make.)
+-- fast's cost c is the number 1 (the usual cost) or a string to check. Its
+-- last three arguments: in a batch, pending holds each key's state as fast
+-- read or decided it, and pending_px the PX of what it decided and has not
+-- written yet. Requests on one key read and write it there, and the batch
+-- writes it once, before any other path reads keys and at its end. limits
+-- holds the numbers fast read from each limit string, so later requests with
+-- that limit skip reading and checking it. Outside a batch all three are
+-- nil, and fast reads and writes Redis itself. (They are arguments, not
+-- upvalues: a closure without upvalues is cheaper to make.)
 -- luarate shared: end
 
 -- fast decides the common call, one limit without a lockout taken (or
@@ -87,79 +90,99 @@
 -- so the plain call pays for no other function. It returns nil for any
 -- argument or state it does not accept: the general path below then decides
 -- the same call, and names what is wrong.
-local function fast(key, spec, c, now, pending, pending_px)
-  if #spec <= 36 and (c == '1' or #c <= 10 and string.find(c, '^%d+$')) then
-    local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
-    if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
-      local stored = pending and pending[key]
-      if stored == nil then
-        stored = redis.pcall('GET', key)
-        if pending then
-          pending[key] = stored -- later requests on this key read it here
-        end
-      end
-      local level, updated
-      if stored and not stored.err then -- a string (an error reply is a table with err)
-        level, updated = string.match(stored, '^tb3 (%d+) (%d+)$')
-      end
-      if level and #level <= 16 and #updated <= 13 or not stored then
-        rate, period, burst = rate + 0, period + 0, burst + 0
-        c = c == '1' and 1 or c + 0
-        if burst == 0 then
-          burst = rate
-        end
-        local g, b = rate, period % rate -- g = gcd(rate, period); rate, when it divides period
-        while b > 0 do
-          local r = g % b
-          g = b
-          b = r
-        end
-        local unit, fill = period / g, rate / g -- units per token; units added per ms
-        local capacity = burst * unit
-        if rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12 and burst <= 1e9 and c <= burst and capacity <= 4e15 and capacity <= 4e12 * fill then
-          if not now then
-            local t = redis.call('TIME')
-            now = t[1] * 1000000 + t[2]
-          end
-          now = (now - now % 1000) / 1000
-          if level then
-            level, updated = level + 0, updated + 0
-          else
-            level, updated = capacity, now
-          end
-          if level <= 4e15 and updated <= 4e12 then
-            if now > updated then
-              level = level + (now - updated) * fill -- exact up to capacity, cut below
-              updated = now
-            end
-            if level > capacity then
-              level = capacity -- full, or the limit was lowered since this state was written
-            end
-            local lag, need = updated - now, c * unit -- lag > 0: the clock went back
-            -- floor(a / b) = (a - a % b) / b and ceil(a / b) = (a + -a % b) / b,
-            -- exact for these integers, without a function call
-            local empty = capacity - level
-            if level < need then
-              local short = need - level
-              return {0, burst, (level - level % unit) / unit, lag + (empty + -empty % fill) / fill, lag + (short + -short % fill) / fill, 0, 0}
-            end
-            level, empty = level - need, empty + need
-            local reset = lag + (empty + -empty % fill) / fill
-            if c > 0 then
-              local value, px = string.format('tb3 %d %d', level, updated), string.format('%d', reset)
-              if pending then
-                pending[key], pending_px[key] = value, px
-              else
-                redis.call('SET', key, value, 'PX', px)
-              end
-            end
-            return {1, burst, (level - level % unit) / unit, reset, 0, 0, c}
-          end
-        end
+local function fast(key, spec, c, now, pending, pending_px, limits)
+  local lim, burst, unit, fill, capacity = limits and limits[spec], nil, nil, nil, nil
+  if lim then
+    burst, unit, fill, capacity = lim[1], lim[2], lim[3], lim[4]
+  else
+    local rate, period
+    rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
+    if not rate or #rate > 10 or #period > 13 or #burst > 10 then
+      return nil
+    end
+    rate, period, burst = rate + 0, period + 0, burst + 0
+    if burst == 0 then
+      burst = rate
+    end
+    if rate < 1 or rate > 1e9 or period < 1 or period > 1e12 or burst > 1e9 then
+      return nil
+    end
+    local g, b = rate, period % rate -- g = gcd(rate, period); rate, when it divides period
+    while b > 0 do
+      local r = g % b
+      g = b
+      b = r
+    end
+    unit, fill = period / g, rate / g -- units per token; units added per ms
+    capacity = burst * unit
+    if capacity > 4e15 or capacity > 4e12 * fill then
+      return nil
+    end
+  end
+  if c ~= 1 then -- 1, the usual cost, or a string to check
+    if #c > 10 or not string.find(c, '^%d+$') or c + 0 > burst then
+      return nil
+    end
+    c = c + 0
+  end
+  local stored = pending and pending[key]
+  if stored == nil then
+    stored = redis.pcall('GET', key)
+    if pending then
+      pending[key] = stored -- later requests on this key read it here
+      if not lim then
+        limits[spec] = {burst, unit, fill, capacity} -- and later requests with this limit read it here
       end
     end
   end
-  return nil
+  local level, updated
+  if stored and not stored.err then -- a string (an error reply is a table with err)
+    level, updated = string.match(stored, '^tb3 (%d+) (%d+)$')
+    if not level or #level > 16 or #updated > 13 then
+      return nil
+    end
+  elseif stored then
+    return nil
+  end
+  if not now then
+    local t = redis.call('TIME')
+    now = t[1] * 1000000 + t[2]
+  end
+  now = (now - now % 1000) / 1000
+  if level then
+    level, updated = level + 0, updated + 0
+    if level > 4e15 or updated > 4e12 then
+      return nil
+    end
+  else
+    level, updated = capacity, now
+  end
+  if now > updated then
+    level = level + (now - updated) * fill -- exact up to capacity, cut below
+    updated = now
+  end
+  if level > capacity then
+    level = capacity -- full, or the limit was lowered since this state was written
+  end
+  local lag, need = updated - now, c * unit -- lag > 0: the clock went back
+  -- floor(a / b) = (a - a % b) / b and ceil(a / b) = (a + -a % b) / b,
+  -- exact for these integers, without a function call
+  local empty = capacity - level
+  if level < need then
+    local short = need - level
+    return {0, burst, (level - level % unit) / unit, lag + (empty + -empty % fill) / fill, lag + (short + -short % fill) / fill, 0, 0}
+  end
+  level, empty = level - need, empty + need
+  local reset = lag + (empty + -empty % fill) / fill
+  if c > 0 then
+    local value, px = string.format('tb3 %d %d', level, updated), string.format('%d', reset)
+    if pending then
+      pending[key], pending_px[key] = value, px
+    else
+      redis.call('SET', key, value, 'PX', px)
+    end
+  end
+  return {1, burst, (level - level % unit) / unit, reset, 0, 0, c}
 end
 
 -- luarate shared: plain (the same in every limiter script)
@@ -168,7 +191,7 @@ end
 do
   local nargs, r = #ARGV, nil
   if nargs == 1 and #KEYS == 1 then
-    r = fast(KEYS[1], ARGV[1], '1', nil)
+    r = fast(KEYS[1], ARGV[1], 1)
   elseif nargs > 1 and nargs <= 4 and #KEYS == 1 then
     local how, now_ms = ARGV[4] or '', ARGV[3] or ''
     if (how == '' or how == 'take')
@@ -454,11 +477,9 @@ local function run()
 
   -- a batch: check its shape first, so a refused batch changes nothing.
   -- request reads request j's header, ARGV[a]: its nkeys, cost and mode.
+  -- (Callers read the usual one, "1 1", without it.)
   local function request(j, a)
     local h = ARGV[a]
-    if h == '1 1' then
-      return 1, '1', '' -- the usual request, read without a pattern
-    end
     local n, cost, how = string.match(h, '^(%d+) (%d+)$')
     if not n then
       n, cost, how = string.match(h, '^(%d+) (%d+) (%a+)$')
@@ -471,7 +492,7 @@ local function run()
   local count, k, a = 0, 1, 3
   while a <= nargs do
     count = count + 1
-    local n = request(count, a)
+    local n = ARGV[a] == '1 1' and 1 or request(count, a)
     if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
       fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, count, printable(ARGV[a]))
     end
@@ -496,10 +517,13 @@ local function run()
   -- reply}. fast decides by those and the batch's one now alone, and a denial
   -- writes nothing, so the same request on the same state is denied alike
   -- without deciding it again: a flood on one key costs a lookup per request.
-  local denied = {}
+  local denied, limits = {}, {}
   k, a = 1, 3
   for j = 1, count do
-    local n, cost, how = request(j, a)
+    local n, cost, how = 1, 1, '' -- (fast takes the usual cost as a number)
+    if ARGV[a] ~= '1 1' then
+      n, cost, how = request(j, a)
+    end
     local ok, r = true, nil
     if n == 1 and (how == '' or how == 'take') then
       local key, spec = KEYS[k], ARGV[a + 1]
@@ -508,7 +532,7 @@ local function run()
       if d and d[3] == state and d[1] == spec and d[2] == cost then
         r = d[4]
       else
-        r = fast(key, spec, cost, now, pending, pending_px)
+        r = fast(key, spec, cost, now, pending, pending_px, limits)
         if r and r[1] == 0 and (state == nil or state == pending[key]) then
           denied[key] = {spec, cost, pending[key], r}
         end
