@@ -415,9 +415,9 @@ func TestScriptsArePinned(t *testing.T) {
 		"concurrency v3":            "782b3eb7697d6e245dad878a1a532caff958f888",
 		"fixed_window v3":           "d8ae2ba6c56f51cecb5a35cba8ad6ea6093f9dc4",
 		"gcra v3":                   "b958192c00fd79c2d96533f91cf03ff0357dd61a",
-		"leaky_bucket v3":           "8bf0c16d509185e124c75501f21af05f891a97bc",
-		"leaky_queue v3":            "0378a34383788c0c8c4f06aaced8a0c3237f6b45",
-		"sliding_window_counter v3": "a52a900b2a86fc9ec143a9d5c6a7542bdea4a3a2",
+		"leaky_bucket v3":           "deb867346e8ad04bd5b91d893649e3d33717165f",
+		"leaky_queue v3":            "dde201f7c58485e9fdd5232a7cda0480baf7f918",
+		"sliding_window_counter v3": "26c22512c3729c0231787223bd58856253a609c6",
 		"sliding_window_log v3":     "4822e0c51c89aa33764654debf34758ac12ce3d6",
 		"token_bucket v3":           "396c02acc470a6c18bf8f450b193f2553f69a894",
 	}

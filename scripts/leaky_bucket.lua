@@ -94,85 +94,105 @@
 -- so the plain call pays for no other function. It returns nil for any
 -- argument or state it does not accept: the general path below then decides
 -- the same call, and names what is wrong.
-local function fast(key, spec, c, now, pending, pending_px)
-  if #spec <= 36 and (c == 1 or #c <= 10 and string.find(c, '^%d+$')) then
-    local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
-    if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
-      local stored = pending and pending[key]
-      if stored == nil then
-        stored = redis.pcall('GET', key)
-        if pending then
-          pending[key] = stored -- later requests on this key read it here
-        end
-      end
-      local level, updated = false, false
-      if stored and not stored.err then -- a string (an error reply is a table with err)
-        level, updated = string.match(stored, '^lb3 (%d+) (%d+)$')
-      end
-      if level and #level <= 16 and #updated <= 13 or not stored then
-        rate, period, burst = rate + 0, period + 0, burst + 0
-        c = c + 0 -- (1, the usual cost, is a number already)
-        if burst == 0 then
-          burst = rate
-        end
-        local g, b = rate, period -- g = gcd(rate, period)
-        while b > 0 do
-          local r = g % b
-          g = b
-          b = r
-        end
-        local unit, drain = period / g, rate / g -- units per request; units drained per ms
-        local capacity = burst * unit
-        if rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12 and burst <= 1e9 and c <= burst and capacity <= 4e15 and capacity <= 4e12 * drain then
-          if not now then
-            local t = redis.call('TIME')
-            now = t[1] * 1000000 + t[2]
-          end
-          now = (now - now % 1000) / 1000
-          if level then
-            level, updated = level + 0, updated + 0
-          else
-            level, updated = 0, now
-          end
-          if level <= 4e15 and updated <= 4e12 then
-            if now > updated then
-              if now - updated >= level / drain then
-                level = 0
-              else
-                level = level - (now - updated) * drain
-              end
-              updated = now
-            end
-            if level > 4e12 * drain then
-              level = 4e12 * drain -- left by another rate: at most 4e12 ms to drain
-            end
-            local lag, need, free = updated - now, c * unit, capacity - level -- lag > 0: the clock went back
-            if free < 0 then
-              free = 0 -- the limit was lowered since this state was written
-            end
-            -- floor(a / b) = (a - a % b) / b and ceil(a / b) = (a + -a % b) / b,
-            -- exact for these integers, without a function call
-            if need > free then
-              local over = level + need - capacity
-              return {0, burst, (free - free % unit) / unit, lag + (level + -level % drain) / drain, lag + (over + -over % drain) / drain, 0, 0}
-            end
-            level, free = level + need, free - need
-            local reset = lag + (level + -level % drain) / drain
-            if c > 0 then
-              local value, px = string.format('lb3 %d %d', level, updated), string.format('%d', reset)
-              if pending then
-                pending[key], pending_px[key] = value, px
-              else
-                redis.call('SET', key, value, 'PX', px)
-              end
-            end
-            return {1, burst, (free - free % unit) / unit, reset, 0, 0, c}
-          end
-        end
+local function fast(key, spec, c, now, pending, pending_px, limits)
+  local lim, burst, unit, drain, capacity = limits and limits[spec], nil, nil, nil, nil
+  if lim then
+    burst, unit, drain, capacity = lim[1], lim[2], lim[3], lim[4]
+  else
+    local rate, period
+    rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
+    if not rate or #rate > 10 or #period > 13 or #burst > 10 then
+      return nil
+    end
+    rate, period, burst = rate + 0, period + 0, burst + 0
+    if burst == 0 then
+      burst = rate
+    end
+    if rate < 1 or rate > 1e9 or period < 1 or period > 1e12 or burst > 1e9 then
+      return nil
+    end
+    local g, b = rate, period % rate -- g = gcd(rate, period); rate, when it divides period
+    while b > 0 do
+      local r = g % b
+      g = b
+      b = r
+    end
+    unit, drain = period / g, rate / g -- units per request; units drained per ms
+    capacity = burst * unit
+    if capacity > 4e15 or capacity > 4e12 * drain then
+      return nil
+    end
+  end
+  if c ~= 1 then -- 1, the usual cost, or a string to check
+    if #c > 10 or not string.find(c, '^%d+$') or c + 0 > burst then
+      return nil
+    end
+    c = c + 0
+  end
+  local stored = pending and pending[key]
+  if stored == nil then
+    stored = redis.pcall('GET', key)
+    if pending then
+      pending[key] = stored -- later requests on this key read it here
+      if not lim then
+        limits[spec] = {burst, unit, drain, capacity} -- and later requests with this limit read it here
       end
     end
   end
-  return nil
+  local level, updated
+  if stored and not stored.err then -- a string (an error reply is a table with err)
+    level, updated = string.match(stored, '^lb3 (%d+) (%d+)$')
+    if not level or #level > 16 or #updated > 13 then
+      return nil
+    end
+  elseif stored then
+    return nil
+  end
+  if not now then
+    local t = redis.call('TIME')
+    now = t[1] * 1000000 + t[2]
+  end
+  now = (now - now % 1000) / 1000
+  if level then
+    level, updated = level + 0, updated + 0
+    if level > 4e15 or updated > 4e12 then
+      return nil
+    end
+  else
+    level, updated = 0, now
+  end
+  if now > updated then
+    if now - updated >= level / drain then
+      level = 0
+    else
+      level = level - (now - updated) * drain
+    end
+    updated = now
+  end
+  if level > 4e12 * drain then
+    level = 4e12 * drain -- left by another rate: at most 4e12 ms to drain
+  end
+  local lag, need, free = updated - now, c * unit, capacity - level -- lag > 0: the clock went back
+  if free < 0 then
+    free = 0 -- the limit was lowered since this state was written
+  end
+  -- floor(a / b) = (a - a % b) / b and ceil(a / b) = (a + -a % b) / b,
+  -- exact for these integers, without a function call
+  if need > free then
+    local over = level + need - capacity
+    return {0, burst, (free - free % unit) / unit, lag + (level + -level % drain) / drain, lag + (over + -over % drain) / drain, 0, 0}
+  end
+  level, free = level + need, free - need
+  local reset = lag + (level + -level % drain) / drain
+  if c > 0 then
+    local value, px = string.format('lb3 %d %d', level, updated), string.format('%d', reset)
+    if pending then
+      pending[key], pending_px[key] = value, px
+    else
+      redis.call('SET', key, value, 'PX', px)
+    end
+  end
+  return {1, burst, (free - free % unit) / unit, reset, 0, 0, c}
 end
 
 -- luarate shared: plain (the same in every limiter script)

@@ -108,102 +108,119 @@
 -- so the plain call pays for no other function. It returns nil for any
 -- argument or state it does not accept: the general path below then decides
 -- the same call, and names what is wrong.
-local function fast(key, spec, c, now, pending, pending_px)
-  if c == 1 or #c <= 10 and string.find(c, '^%d+$') then
-    local rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
-    if rate and #rate <= 10 and #period <= 13 and #burst <= 10 then
-      local stored = pending and pending[key]
-      if stored == nil then
-        stored = redis.pcall('GET', key)
-        if pending then
-          pending[key] = stored -- later requests on this key read it here
-        end
-      end
-      local cur, seen, prev
-      if stored and not stored.err then -- a string (an error reply is a table with err)
-        cur, seen, prev = string.match(stored, '^swc3 (%d+) (%d+) (%d+)$')
-      end
-      rate, period, burst = rate + 0, period + 0, burst + 0
-      c = c + 0 -- (1, the usual cost, is a number already)
-      if cur then
-        cur, seen, prev = cur + 0, seen + 0, prev + 0
-      end
-      if (cur or not stored) and rate >= 1 and rate <= 1e9 and period >= 1 and period <= 1e12
-        and (burst == 0 or burst == rate) and rate * period <= 9e15 and c <= rate
-        and (not cur or cur <= 1e9 and seen <= 4e12 and prev <= 1e9) then
-        if not now then
-          local t = redis.call('TIME')
-          now = t[1] * 1000000 + t[2]
-        end
-        now = (now - now % 1000) / 1000
-        local start, at, count, before = now - now % period, now, 0, 0
-        if not cur then -- a new key
-        elseif seen >= start then
-          -- this window, or a later one if the clock went back: use its start
-          count, before = cur, prev
-          if seen > start then
-            start, at = seen, seen
-          end
-        elseif seen + period == start then
-          before = cur
-        end
-        local weighted = 0
-        if before > 0 then
-          local x = before * (start + period - at) + period - 1
-          weighted = math.floor(x / period)
-          if weighted * period > x then
-            weighted = weighted - 1
-          elseif (weighted + 1) * period <= x then
-            weighted = weighted + 1
-          end
-        end
-        local reset = 0
-        if count > 0 then
-          reset = start + 2 * period - now
-        elseif before > 0 then
-          reset = start + period - now
-        end
-        if count + weighted + c > rate then
-          if count == 0 then
-            reset = start + period - now
-          end
-          -- first instant with ceil(before * (start + period - t) / period) <= room,
-          -- or in the next window, where the current count is the previous one
-          local room = rate - count - c
-          local t, x, y = start + period, room * period, before
-          if room < 0 then
-            t, x, y = start + 2 * period, (rate - c) * period, count
-          end
-          local q = math.floor(x / y)
-          if q * y > x then
-            q = q - 1
-          elseif (q + 1) * y <= x then
-            q = q + 1
-          end
-          t = t - q
-          if room < 0 and t < start + period then
-            t = start + period
-          end
-          local left = rate - count - weighted
-          return {0, rate, left > 0 and left or 0, reset, t - now, 0, 0}
-        end
-        count = count + c
-        if count > 0 then
-          reset = start + 2 * period - now
-        end
-        if c > 0 then
-          local value, px = string.format('swc3 %d %d %d', count, start, before), string.format('%d', reset)
-          if pending then
-            pending[key], pending_px[key] = value, px
-          else
-            redis.call('SET', key, value, 'PX', px)
-          end
-        end
-        return {1, rate, rate - count - weighted, reset, 0, 0, c}
+local function fast(key, spec, c, now, pending, pending_px, limits)
+  local lim, rate, period = limits and limits[spec], nil, nil
+  if lim then
+    rate, period = lim[1], lim[2]
+  else
+    local burst
+    rate, period, burst = string.match(spec, '^(%d+) (%d+) (%d+)$')
+    if not rate or #rate > 10 or #period > 13 or #burst > 10 then
+      return nil
+    end
+    rate, period, burst = rate + 0, period + 0, burst + 0
+    if rate < 1 or rate > 1e9 or period < 1 or period > 1e12 or burst ~= 0 and burst ~= rate or rate * period > 9e15 then
+      return nil
+    end
+  end
+  if c ~= 1 then -- 1, the usual cost, or a string to check
+    if #c > 10 or not string.find(c, '^%d+$') or c + 0 > rate then
+      return nil
+    end
+    c = c + 0
+  end
+  local stored = pending and pending[key]
+  if stored == nil then
+    stored = redis.pcall('GET', key)
+    if pending then
+      pending[key] = stored -- later requests on this key read it here
+      if not lim then
+        limits[spec] = {rate, period} -- and later requests with this limit read it here
       end
     end
   end
-  return nil
+  local cur, seen, prev
+  if stored and not stored.err then -- a string (an error reply is a table with err)
+    cur, seen, prev = string.match(stored, '^swc3 (%d+) (%d+) (%d+)$')
+    if not cur then
+      return nil
+    end
+    cur, seen, prev = cur + 0, seen + 0, prev + 0
+    if cur > 1e9 or seen > 4e12 or prev > 1e9 then
+      return nil
+    end
+  elseif stored then
+    return nil
+  end
+  if not now then
+    local t = redis.call('TIME')
+    now = t[1] * 1000000 + t[2]
+  end
+  now = (now - now % 1000) / 1000
+  local start, at, count, before = now - now % period, now, 0, 0
+  if not cur then -- a new key
+  elseif seen >= start then
+    -- this window, or a later one if the clock went back: use its start
+    count, before = cur, prev
+    if seen > start then
+      start, at = seen, seen
+    end
+  elseif seen + period == start then
+    before = cur
+  end
+  local weighted = 0
+  if before > 0 then
+    local x = before * (start + period - at) + period - 1
+    weighted = math.floor(x / period)
+    if weighted * period > x then
+      weighted = weighted - 1
+    elseif (weighted + 1) * period <= x then
+      weighted = weighted + 1
+    end
+  end
+  local reset = 0
+  if count > 0 then
+    reset = start + 2 * period - now
+  elseif before > 0 then
+    reset = start + period - now
+  end
+  if count + weighted + c > rate then
+    if count == 0 then
+      reset = start + period - now
+    end
+    -- first instant with ceil(before * (start + period - t) / period) <= room,
+    -- or in the next window, where the current count is the previous one
+    local room = rate - count - c
+    local t, x, y = start + period, room * period, before
+    if room < 0 then
+      t, x, y = start + 2 * period, (rate - c) * period, count
+    end
+    local q = math.floor(x / y)
+    if q * y > x then
+      q = q - 1
+    elseif (q + 1) * y <= x then
+      q = q + 1
+    end
+    t = t - q
+    if room < 0 and t < start + period then
+      t = start + period
+    end
+    local left = rate - count - weighted
+    return {0, rate, left > 0 and left or 0, reset, t - now, 0, 0}
+  end
+  count = count + c
+  if count > 0 then
+    reset = start + 2 * period - now
+  end
+  if c > 0 then
+    local value, px = string.format('swc3 %d %d %d', count, start, before), string.format('%d', reset)
+    if pending then
+      pending[key], pending_px[key] = value, px
+    else
+      redis.call('SET', key, value, 'PX', px)
+    end
+  end
+  return {1, rate, rate - count - weighted, reset, 0, 0, c}
 end
 
 -- luarate shared: plain (the same in every limiter script)
