@@ -412,7 +412,7 @@ func TestScripts(t *testing.T) {
 // update the pin.
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
-		"concurrency v3":            "782b3eb7697d6e245dad878a1a532caff958f888",
+		"concurrency v3":            "dd79dd41a68651f9ea3def3942f48a4d99b52d2e",
 		"fixed_window v3":           "d8ae2ba6c56f51cecb5a35cba8ad6ea6093f9dc4",
 		"gcra v3":                   "b958192c00fd79c2d96533f91cf03ff0357dd61a",
 		"leaky_bucket v3":           "deb867346e8ad04bd5b91d893649e3d33717165f",

@@ -11,7 +11,7 @@ import (
 
 // The bounds of a concurrency limit; the script checks the same.
 const (
-	maxConcurrency = 2000 // one sorted-set entry per lease held; the script's cap
+	maxConcurrency = 1000 // one sorted-set entry per lease held; the script's cap
 	maxLeaseMS     = 1_000_000_000_000
 )
 

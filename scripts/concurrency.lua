@@ -16,7 +16,7 @@
 -- lease_id's lease first (a call refused for memory changes nothing), then
 -- removes the expired leases; TTL = until the latest lease expires (a set with
 -- no lease left is deleted). Memory: O(max) entries per key, max capped so
--- that no call removes more than 2000 leases. A clock that goes back keeps
+-- that no call removes more than 1000 leases. A clock that goes back keeps
 -- every lease until its expiry; a lease is never shortened by acquire or extend.
 --
 -- KEYS[1]      the state key; exactly one
@@ -27,7 +27,7 @@
 --                    "extend":  push lease_id's expiry to now + lease_ms, if
 --                                it still holds (a lost lease is not retaken)
 --                    "peek":    read only; would a new lease get a slot now?
--- ARGV[2]  max       integer 1..2000, leases held at once
+-- ARGV[2]  max       integer 1..1000, leases held at once
 -- ARGV[3]  lease_ms  integer 1..1e12, how long a lease holds unless released
 -- ARGV[4]  lease_id  1..64 characters out of A-Z a-z 0-9 - _ . : (peek
 --                    ignores it: it may be empty)
@@ -120,7 +120,7 @@ local function run()
   if op ~= 'acquire' and op ~= 'release' and op ~= 'extend' and op ~= 'peek' then
     fail('ARGV[1] op must be acquire, release, extend or peek, got "%s"', printable(op))
   end
-  local max = positive(2, 'max', 2000)
+  local max = positive(2, 'max', 1000)
   local length = positive(3, 'lease_ms', 1e12)
   local id = ARGV[4]
   if not (op == 'peek' and id == '') and (#id > 64 or not string.find(id, '^[A-Za-z0-9%-_%.:]+$')) then
