@@ -38,6 +38,27 @@ return {1, 10, 9, 100, 0, 0}`
 
 const floor = "floor: TIME + GET + SET PX, 6 integers"
 
+// floorBatchScript is the floor of a batch on distinct keys: what
+// floorScript does for each key of the call, with each request's limit in
+// ARGV and the seven integers a luarate reply has. A batched decision on a
+// key of its own cannot cost less than this share of it.
+const floorBatchScript = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i = 1, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  redis.call('SET', KEYS[i], string.format('%d', now), 'PX', 1000)
+  local o = #out
+  out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] = 1, 10, 9, 100, 0, 0, 1
+end
+return out`
+
+// floorBatch is the batched floor's name, and floorBatchSize its keys per call.
+const (
+	floorBatch     = "floor, batched: 32 keys per call, each GET + SET PX, 7 integers"
+	floorBatchSize = 32
+)
+
 // instrResult is one contender's instructions per call on one workload.
 type instrResult struct {
 	contender, algo, workload string
@@ -177,8 +198,47 @@ func instructions(ctx context.Context, keys, calls int) ([]instrResult, error) {
 				out = append(out, r)
 			}
 		}
+		if len(w.keys) > 1 {
+			r, err := countFloorBatch(ctx, cg, rc, w, calls)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, r)
+		}
 	}
 	return out, nil
+}
+
+// countFloorBatch counts floorBatchScript deciding calls distinct keys of w,
+// floorBatchSize per call, reported beside the concurrent callers.
+func countFloorBatch(ctx context.Context, cg *callgrind, rc rueidis.Client, w workload, calls int) (instrResult, error) {
+	fb := rueidis.NewLuaScript(floorBatchScript)
+	prefix := randomPrefix()
+	batch := func(from int) error {
+		keys := make([]string, floorBatchSize)
+		args := make([]string, floorBatchSize)
+		for j := range keys {
+			keys[j] = prefix + w.keys[((from+j)*7919)%len(w.keys)]
+			args[j] = "100 100000 100"
+		}
+		return fb.Exec(ctx, rc, keys, args).Error()
+	}
+	if err := batch(0); err != nil { // load the script
+		return instrResult{}, fmt.Errorf("%s: %w", floorBatch, err)
+	}
+	n, err := cg.counted(func() error {
+		for i := 0; i < calls; i += floorBatchSize {
+			if err := batch(i); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return instrResult{}, fmt.Errorf("%s: %w", floorBatch, err)
+	}
+	calls = (calls + floorBatchSize - 1) / floorBatchSize * floorBatchSize
+	return instrResult{contender: floorBatch, workload: fmt.Sprintf("%s, %d callers", w.name, instrGoroutines), concurrent: true, perCall: float64(n) / float64(calls)}, nil
 }
 
 // countInstructions counts what Redis executes for calls decisions of c on
