@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "dd79dd41a68651f9ea3def3942f48a4d99b52d2e",
-		"fixed_window v3":           "d8ae2ba6c56f51cecb5a35cba8ad6ea6093f9dc4",
-		"gcra v3":                   "b958192c00fd79c2d96533f91cf03ff0357dd61a",
-		"leaky_bucket v3":           "deb867346e8ad04bd5b91d893649e3d33717165f",
-		"leaky_queue v3":            "dde201f7c58485e9fdd5232a7cda0480baf7f918",
-		"sliding_window_counter v3": "26c22512c3729c0231787223bd58856253a609c6",
-		"sliding_window_log v3":     "4822e0c51c89aa33764654debf34758ac12ce3d6",
-		"token_bucket v3":           "396c02acc470a6c18bf8f450b193f2553f69a894",
+		"fixed_window v3":           "33376c0ab35b4909fc2ab08556c3a05d08347383",
+		"gcra v3":                   "d99ad3e21debbfd4b261f595c862a05eb7d60988",
+		"leaky_bucket v3":           "6da228cab72b1a0fc06e8d39faf2fe9d977bdfae",
+		"leaky_queue v3":            "ee8efc5c2c2d8e2d0347fcd4224baa53b6eac924",
+		"sliding_window_counter v3": "95c488c12afed91ff1539f96e8ba264f546562f1",
+		"sliding_window_log v3":     "52a8fda8c00757422542319dde3bbeb526d31aa0",
+		"token_bucket v3":           "e0085338bb90f5ed5abecd4e32827cce66599315",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

@@ -91,6 +91,7 @@
 -- argument or state it does not accept: the general path below then decides
 -- the same call, and names what is wrong.
 local function fast(key, spec, c, now, pending, pending_px, limits)
+  local string, redis = string, redis -- (locals are cheaper to read than globals)
   local lim, burst, interval, tolerance = limits and limits[spec], nil, nil, nil
   if lim then
     burst, interval, tolerance = lim[1], lim[2], lim[3]
@@ -165,14 +166,15 @@ end
 -- The plain form of the common call goes to fast first, and the usual call
 -- of all, one limit and nothing else, with the fewest checks.
 do
-  local nargs, r = #ARGV, nil
-  if nargs == 1 and #KEYS == 1 then
-    r = fast(KEYS[1], ARGV[1], 1)
-  elseif nargs > 1 and nargs <= 4 and #KEYS == 1 then
-    local how, now_ms = ARGV[4] or '', ARGV[3] or ''
+  local keys, argv = KEYS, ARGV -- (a local is cheaper to read than a global)
+  local nargs, r = #argv, nil
+  if nargs == 1 and #keys == 1 then
+    r = fast(keys[1], argv[1], 1)
+  elseif nargs > 1 and nargs <= 4 and #keys == 1 then
+    local how, now_ms = argv[4] or '', argv[3] or ''
     if (how == '' or how == 'take')
       and (now_ms == '' or #now_ms <= 13 and string.find(now_ms, '^%d+$') and now_ms + 0 <= 4e12) then
-      r = fast(KEYS[1], ARGV[1], ARGV[2], now_ms ~= '' and now_ms * 1000 or nil)
+      r = fast(keys[1], argv[1], argv[2], now_ms ~= '' and now_ms * 1000 or nil)
     end
   end
   if r then
