@@ -64,6 +64,7 @@ type instrResult struct {
 	contender, algo, workload string
 	concurrent                bool // callers at once, so luarate batches
 	perCall                   float64
+	perScript                 float64 // decisions per script call
 }
 
 // instrGoroutines is how many callers the concurrent instruction counts use.
@@ -238,7 +239,7 @@ func countFloorBatch(ctx context.Context, cg *callgrind, rc rueidis.Client, w wo
 		return instrResult{}, fmt.Errorf("%s: %w", floorBatch, err)
 	}
 	calls = (calls + floorBatchSize - 1) / floorBatchSize * floorBatchSize
-	return instrResult{contender: floorBatch, workload: fmt.Sprintf("%s, %d callers", w.name, instrGoroutines), concurrent: true, perCall: float64(n) / float64(calls)}, nil
+	return instrResult{contender: floorBatch, workload: fmt.Sprintf("%s, %d callers", w.name, instrGoroutines), concurrent: true, perCall: float64(n) / float64(calls), perScript: floorBatchSize}, nil
 }
 
 // countInstructions counts what Redis executes for calls decisions of c on
@@ -289,5 +290,5 @@ func countInstructions(ctx context.Context, cg *callgrind, rc rueidis.Client, c 
 	if !concurrent && evals < int64(calls) {
 		return instrResult{}, fmt.Errorf("%s: %d script calls counted, expected %d", c.name, evals, calls)
 	}
-	return instrResult{contender: c.name, algo: c.algo, workload: name, concurrent: concurrent, perCall: float64(n) / float64(calls)}, nil
+	return instrResult{contender: c.name, algo: c.algo, workload: name, concurrent: concurrent, perCall: float64(n) / float64(calls), perScript: float64(calls) / float64(max(evals, 1))}, nil
 }

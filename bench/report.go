@@ -155,8 +155,8 @@ func reportInstructions(w io.Writer, counts []instrResult) int {
 	fmt.Fprintln(w, "\nRedis instructions per decision (callgrind). Calls one at a time, so every contender pays the same")
 	fmt.Fprintln(w, "network work; then the same with concurrent callers, where luarate batches (redis_rate and the")
 	fmt.Fprintln(w, "floor measured the same way):")
-	fmt.Fprintln(w, "\n| workload | contender | instructions/decision | / redis_rate's | / floor's |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|")
+	fmt.Fprintln(w, "\n| workload | contender | instructions/decision | / redis_rate's | / floor's | decisions per script call |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|")
 	find := func(workload, contender string) float64 {
 		for _, c := range counts {
 			if c.workload == workload && c.contender == contender {
@@ -168,7 +168,7 @@ func reportInstructions(w io.Writer, counts []instrResult) int {
 	var checks []check
 	for _, c := range counts {
 		rr, fl := find(c.workload, redisRate), find(c.workload, floor)
-		fmt.Fprintf(w, "| %s | %s | %.0f | %.2f | %.2f |\n", c.workload, c.contender, c.perCall, c.perCall/rr, c.perCall/fl)
+		fmt.Fprintf(w, "| %s | %s | %.0f | %.2f | %.2f | %.1f |\n", c.workload, c.contender, c.perCall, c.perCall/rr, c.perCall/fl, c.perScript)
 		if c.algo == "" {
 			continue
 		}
