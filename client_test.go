@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "dd79dd41a68651f9ea3def3942f48a4d99b52d2e",
-		"fixed_window v3":           "33376c0ab35b4909fc2ab08556c3a05d08347383",
-		"gcra v3":                   "d99ad3e21debbfd4b261f595c862a05eb7d60988",
-		"leaky_bucket v3":           "6da228cab72b1a0fc06e8d39faf2fe9d977bdfae",
-		"leaky_queue v3":            "ee8efc5c2c2d8e2d0347fcd4224baa53b6eac924",
-		"sliding_window_counter v3": "95c488c12afed91ff1539f96e8ba264f546562f1",
-		"sliding_window_log v3":     "52a8fda8c00757422542319dde3bbeb526d31aa0",
-		"token_bucket v3":           "e0085338bb90f5ed5abecd4e32827cce66599315",
+		"fixed_window v3":           "2bfd46c06a7fd0805add2aae0ec67f4d24583a7e",
+		"gcra v3":                   "ac89053377a23783f9769c55672c25a97e3c9a17",
+		"leaky_bucket v3":           "f4f41442aee7fb56c685c06c28b83bdeb2ef8fea",
+		"leaky_queue v3":            "d034db3f8ba4bede0effabccc1b580f6f2960ab3",
+		"sliding_window_counter v3": "2e4e163bfd7f87e0001aca980ea854c0f92df6b8",
+		"sliding_window_log v3":     "2f6de29081fd745afef19c1fbaa5487ed172b41e",
+		"token_bucket v3":           "4bf9267660b566930f94d814c7a2c6434af84a9a",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

@@ -114,7 +114,7 @@
 -- the same call, and names what is wrong.
 local function fast(key, spec, c, now, pending, pending_px, limits)
   local string, redis = string, redis -- (locals are cheaper to read than globals)
-  local lim, burst, unit, drain, capacity = limits and limits[spec], nil, nil, nil, nil
+  local lim, burst, unit, drain, capacity = limits and limits[spec]
   if lim then
     burst, unit, drain, capacity = lim[1], lim[2], lim[3], lim[4]
   else
@@ -505,9 +505,9 @@ local function run()
   end
 
   -- a batch: check its shape first, so a refused batch changes nothing.
-  -- request reads request j's header, ARGV[a]: its nkeys, cost and mode.
+  -- request reads the request header at ARGV[a]: its nkeys, cost and mode.
   -- (Callers read the usual one, "1 1", without it.)
-  local function request(j, a)
+  local function request(a)
     local h = ARGV[a]
     local n, cost, how = string.match(h, '^(%d+) (%d+)$')
     if not n then
@@ -521,7 +521,7 @@ local function run()
   local count, k, a = 0, 1, 3
   while a <= nargs do
     count = count + 1
-    local n = ARGV[a] == '1 1' and 1 or request(count, a)
+    local n = ARGV[a] == '1 1' and 1 or request(a)
     if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
       fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, count, printable(ARGV[a]))
     end
@@ -551,7 +551,7 @@ local function run()
   for j = 1, count do
     local n, cost, how = 1, 1, '' -- (fast takes the usual cost as a number)
     if ARGV[a] ~= '1 1' then
-      n, cost, how = request(j, a)
+      n, cost, how = request(a)
     end
     local ok, r = true, nil
     if n == 1 and (how == '' or how == 'take') then
