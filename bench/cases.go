@@ -126,6 +126,10 @@ type workload struct {
 	keys []string
 }
 
+// key is the workload's i-th key of a run: a prime stride, so a run's first
+// len(keys) calls meet every key once.
+func (w workload) key(i int) string { return w.keys[(i*7919)%len(w.keys)] }
+
 func workloads(n int) []workload {
 	many := make([]string, n)
 	for i := range many {

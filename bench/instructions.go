@@ -219,7 +219,7 @@ func countFloorBatch(ctx context.Context, cg *callgrind, rc rueidis.Client, w wo
 		keys := make([]string, floorBatchSize)
 		args := make([]string, floorBatchSize)
 		for j := range keys {
-			keys[j] = prefix + w.keys[((from+j)*7919)%len(w.keys)]
+			keys[j] = prefix + w.key(from+j)
 			args[j] = "100 100000 100"
 		}
 		return fb.Exec(ctx, rc, keys, args).Error()
@@ -264,7 +264,7 @@ func countInstructions(ctx context.Context, cg *callgrind, rc rueidis.Client, c 
 		for g := range goroutines {
 			go func() {
 				for i := g; i < calls; i += goroutines {
-					if err := c.allow(ctx, w.keys[(i*7919)%len(w.keys)]); err != nil {
+					if err := c.allow(ctx, w.key(i)); err != nil {
 						errs <- fmt.Errorf("%s: %w", c.name, err)
 						return
 					}

@@ -79,16 +79,19 @@ func worstCases(prefix string) []worstCase {
 	// the log pruning as it adds: a full log of 4000 entries, all expired
 	out = append(out, worstCase{name: "sliding_window_log: cost 128 on a full log of 4000, all expired", script: "sliding_window_log",
 		keys: []string{prefix + "{swl:full}"}, args: []string{"4000 600000 0", "128", strconv.FormatInt(fillAt+600_001, 10)}})
-	// concurrency: acquire on a set of 1000 leases, all expired
-	out = append(out, worstCase{name: "concurrency: acquire over 1000 expired leases", script: "concurrency",
-		keys: []string{prefix + "{c:full}"}, args: []string{"acquire", "1000", "60000", strings.Repeat("x", 64), strconv.FormatInt(fillAt+600_001, 10)}})
+	// concurrency: acquire on a set of maxLeases leases, all expired
+	out = append(out, worstCase{name: fmt.Sprintf("concurrency: acquire over %d expired leases", maxLeases), script: "concurrency",
+		keys: []string{prefix + "{c:full}"}, args: []string{"acquire", strconv.Itoa(maxLeases), "60000", strings.Repeat("x", 64), strconv.FormatInt(fillAt+600_001, 10)}})
 	return out
 }
 
 // fillAt is the now_ms the full sets are filled at.
 const fillAt = 1_700_000_000_000
 
-// fill makes the state a case meets as large as the caps allow: 1000 leases
+// maxLeases is the concurrency script's cap on max, the leases one key holds.
+const maxLeases = 1000
+
+// fill makes the state a case meets as large as the caps allow: maxLeases leases
 // of 64 characters and a log of 4000 entries, at fillAt, which the call meets
 // 600 s later, all expired (their TTLs on the real clock are that long, so
 // nothing expires before the call).
@@ -96,9 +99,9 @@ func fill(ctx context.Context, rc rueidis.Client, c worstCase, lua *rueidis.Lua)
 	var calls [][]string
 	switch {
 	case c.script == "concurrency":
-		for i := range 1000 {
+		for i := range maxLeases {
 			id := fmt.Sprintf("%064d", i)
-			calls = append(calls, []string{"acquire", "1000", "600000", id, strconv.FormatInt(fillAt, 10)})
+			calls = append(calls, []string{"acquire", strconv.Itoa(maxLeases), "600000", id, strconv.FormatInt(fillAt, 10)})
 		}
 	case strings.HasPrefix(c.name, "sliding_window_log: cost 128"):
 		for range 4000 / 125 {
