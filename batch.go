@@ -198,21 +198,45 @@ func (b *batcher) sendRun(script *loadedScript, now string, run []*waiter) {
 		return script.lua.Exec(ctx, b.client, keys, args).ToArray()
 	})
 	i := 0
-	for _, w := range run {
+	for j, w := range run {
 		switch {
 		case err != nil:
 			w.err = err
-		case i < len(arr) && arr[i].Error() != nil:
+		case i >= len(arr):
+			w.err = ErrInvalidResponse
+		case arr[i].Error() != nil:
 			w.err = arr[i].Error()
 			i++
-		case i+replyLen <= len(arr):
-			w.res, w.err = parseInts(arr[i : i+replyLen])
-			i += replyLen
 		default:
-			w.err = ErrInvalidResponse
+			w.res, w.err = batchReply(run[:j], arr[i:])
+			if first, _ := arr[i].AsInt64(); first < 0 {
+				i++
+			} else {
+				i += replyLen
+			}
 		}
 		close(w.done)
 	}
+}
+
+// batchReply reads the reply at the head of arr for the request after
+// earlier: its 7 integers, or -j, the same reply as request j's (one of
+// earlier, which have their results already).
+func batchReply(earlier []*waiter, arr []rueidis.RedisMessage) (Result, error) {
+	first, err := arr[0].AsInt64()
+	if err != nil {
+		return Result{}, ErrInvalidResponse
+	}
+	if first < 0 {
+		if -first > int64(len(earlier)) || earlier[-first-1].err != nil {
+			return Result{}, ErrInvalidResponse
+		}
+		return earlier[-first-1].res, nil
+	}
+	if len(arr) < replyLen {
+		return Result{}, ErrInvalidResponse
+	}
+	return parseInts(arr[:replyLen])
 }
 
 // units is what a waiter adds to a batch: its cost times its keys.

@@ -19,7 +19,8 @@ type batchRequest struct {
 }
 
 // batchReplies runs the batch form and returns each request's reply as a
-// string: the seven integers, or its error text without "ERR ".
+// string: the seven integers (also where the reply refers to an earlier
+// request's), or its error text without "ERR ".
 func batchReplies(t *testing.T, b backend, script, now string, reqs []batchRequest) ([]string, string) {
 	t.Helper()
 	var keys []string
@@ -44,6 +45,13 @@ func batchReplies(t *testing.T, b backend, script, now string, reqs []batchReque
 	for i := 0; i < len(arr); {
 		if err := arr[i].Error(); err != nil {
 			out = append(out, strings.TrimPrefix(err.Error(), "ERR "))
+			i++
+			continue
+		}
+		if first, err := arr[i].AsInt64(); err == nil && first < 0 {
+			require.LessOrEqual(t, -first, int64(len(out)), "a reference to a later request")
+			require.NotContains(t, out[-first-1], "luarate", "a reference to an error")
+			out = append(out, out[-first-1]) // the same reply as request -first's
 			i++
 			continue
 		}
@@ -79,7 +87,7 @@ func TestBatchForm(t *testing.T) {
 				}
 				reqs := func(tag string) []batchRequest {
 					k := func(n string) string { return "{" + tag + "}:" + script + ":" + n }
-					return []batchRequest{
+					base := []batchRequest{
 						// one key, common calls in a row: the batch holds its
 						// state between them and writes it once
 						{[]string{k("f")}, "2", "", []string{"5 60000 0"}},
@@ -101,6 +109,20 @@ func TestBatchForm(t *testing.T) {
 						{[]string{k("e")}, "1", "", []string{"5 60000 x"}}, // bad limit
 						{[]string{k("a")}, "0", "", []string{"5 60000 0"}},
 					}
+					if script == "sliding_window_log" {
+						return base // at most 16 limits in one of its batches
+					}
+					return append(base, []batchRequest{
+						// keys without state, at the usual cost: the second and
+						// third get what the first got, without deciding it anew
+						{[]string{k("g")}, "1", "", []string{"5 60000 0"}},
+						{[]string{k("h")}, "1", "", []string{"5 60000 0"}},
+						{[]string{k("i")}, "1", "", []string{"5 60000 0"}},
+						{[]string{k("g")}, "1", "", []string{"5 60000 0"}}, // g has state now
+						{[]string{k("a")}, "1", "", []string{"5 60000 0"}}, // a has state
+						{[]string{k("j")}, "2", "", []string{"5 60000 0"}}, // another cost
+						{[]string{k("c")}, "1", "", []string{"6 60000 0"}}, // another limit
+					}...)
 				}
 				got, errText := batchReplies(t, b, script, now, reqs("batch"))
 				require.Empty(t, errText)
@@ -126,7 +148,7 @@ func TestBatchForm(t *testing.T) {
 					require.Equal(t, want[i], got[i], "request %d", i+1)
 				}
 				require.Equal(t, 3, errors, "the bad requests failed, the others decided")
-				for _, n := range []string{"a", "b", "c", "d", "e", "f"} {
+				for _, n := range []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"} {
 					require.Equal(t, b.value(t, "{plain}:"+script+":"+n), b.value(t, "{batch}:"+script+":"+n), "state of %s", n)
 				}
 

@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "dd79dd41a68651f9ea3def3942f48a4d99b52d2e",
-		"fixed_window v3":           "2bfd46c06a7fd0805add2aae0ec67f4d24583a7e",
-		"gcra v3":                   "ac89053377a23783f9769c55672c25a97e3c9a17",
-		"leaky_bucket v3":           "f4f41442aee7fb56c685c06c28b83bdeb2ef8fea",
-		"leaky_queue v3":            "d034db3f8ba4bede0effabccc1b580f6f2960ab3",
-		"sliding_window_counter v3": "2e4e163bfd7f87e0001aca980ea854c0f92df6b8",
-		"sliding_window_log v3":     "2f6de29081fd745afef19c1fbaa5487ed172b41e",
-		"token_bucket v3":           "4bf9267660b566930f94d814c7a2c6434af84a9a",
+		"fixed_window v3":           "8917dc8ab0fb6cc875678c8d4fb6ba32c9f66d5a",
+		"gcra v3":                   "a614849c4e419710ac9cbff641f3d69ae519fef9",
+		"leaky_bucket v3":           "d4afd4fa97a44f8f02659714c071e5f000f97d8d",
+		"leaky_queue v3":            "fa7d87ffbe169bdac7971b18a22a233da7dbb14f",
+		"sliding_window_counter v3": "06de9d40940c0c373321fc8eb7dbd837130e5c8c",
+		"sliding_window_log v3":     "a275dcc5d5598cf7dbe292795ccbb99c85e457f9",
+		"token_bucket v3":           "0985d8e67f8c570620c6d128128428b376a7e816",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

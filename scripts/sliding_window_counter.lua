@@ -79,7 +79,8 @@
 -- same order (at most 32 requests and 64 keys). Each request is decided
 -- alone, in order, exactly as the plain form would decide it; the reply is
 -- the concatenation of their 7-integer replies, or of one error in place of
--- the 7 integers for a request that is bad.
+-- the 7 integers for a request that is bad, or of one negative integer -j
+-- for a reply that is the same as request j's (j < this request).
 --
 -- Errors: bad arguments or a key this script did not write get one line
 -- "ERR luarate: ..." naming the argument or key, and change nothing. Errors
@@ -97,7 +98,9 @@
 -- written yet. Requests on one key read and write it there, and the batch
 -- writes it once, before any other path reads keys and at its end. limits
 -- holds the numbers fast read from each limit string, so later requests with
--- that limit skip reading and checking it. Outside a batch all three are
+-- that limit skip reading and checking it, and the state and reply a key
+-- without state got at the usual cost, which every such key of that limit
+-- gets at the batch's one now. Outside a batch all three are
 -- nil, and fast reads and writes Redis itself. (They are arguments, not
 -- upvalues: a closure without upvalues is cheaper to make.)
 -- luarate shared: end
@@ -575,6 +578,9 @@ local function run()
   -- writes nothing, so the same request on the same state is denied alike
   -- without deciding it again: a flood on one key costs a lookup per request.
   local denied, limits = {}, {}
+  -- last is the last reply written out in full, by request last_j; a request
+  -- whose reply is the same gets -last_j in its place, one integer for seven
+  local last, last_j
   k, a = 1, 3
   for j = 1, count do
     local n, cost, how = 1, 1, '' -- (fast takes the usual cost as a number)
@@ -600,8 +606,15 @@ local function run()
       ok, r = pcall(decide, k, n, a + 1, cost + 0, how, now)
     end
     if ok then
-      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] = r[1], r[2], r[3], r[4], r[5], r[6], r[7]
-      o = o + 7
+      if r == last or last and r[3] == last[3] and r[4] == last[4] and r[1] == last[1] and r[5] == last[5]
+        and r[2] == last[2] and r[6] == last[6] and r[7] == last[7] then
+        o = o + 1
+        out[o] = -last_j -- the same 7 integers as request last_j's reply
+      else
+        out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] = r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+        o = o + 7
+        last, last_j = r, j
+      end
     elseif type(r) == 'table' and r.luarate then
       o = o + 1
       out[o] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}

@@ -61,7 +61,8 @@
 -- same order (at most 32 requests and 64 keys). Each request is decided
 -- alone, in order, exactly as the plain form would decide it; the reply is
 -- the concatenation of their 7-integer replies, or of one error in place of
--- the 7 integers for a request that is bad.
+-- the 7 integers for a request that is bad, or of one negative integer -j
+-- for a reply that is the same as request j's (j < this request).
 --
 -- Errors: bad arguments or a key this script did not write get one line
 -- "ERR luarate: ..." naming the argument or key, and change nothing. Errors
@@ -79,7 +80,9 @@
 -- written yet. Requests on one key read and write it there, and the batch
 -- writes it once, before any other path reads keys and at its end. limits
 -- holds the numbers fast read from each limit string, so later requests with
--- that limit skip reading and checking it. Outside a batch all three are
+-- that limit skip reading and checking it, and the state and reply a key
+-- without state got at the usual cost, which every such key of that limit
+-- gets at the batch's one now. Outside a batch all three are
 -- nil, and fast reads and writes Redis itself. (They are arguments, not
 -- upvalues: a closure without upvalues is cheaper to make.)
 -- luarate shared: end
@@ -132,9 +135,14 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
     if pending then
       pending[key] = stored -- later requests on this key read it here
       if not lim then
-        limits[spec] = {burst, unit, fill, capacity} -- and later requests with this limit read it here
+        lim = {burst, unit, fill, capacity} -- and later requests with this limit read it here
+        limits[spec] = lim
       end
     end
+  end
+  if not stored and c == 1 and lim and lim[5] then -- a new key, as an earlier one of this limit in this batch
+    pending[key], pending_px[key] = lim[5], lim[6]
+    return lim[7]
   end
   local level, updated
   if stored and not stored.err then -- a string (an error reply is a table with err)
@@ -175,15 +183,19 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
   end
   level, empty = level - need, empty + need
   local reset = lag + (empty + -empty % fill) / fill
+  local r = {1, burst, (level - level % unit) / unit, reset, 0, 0, c}
   if c > 0 then
     local value, px = string.format('tb3 %d %d', level, updated), string.format('%d', reset)
     if pending then
       pending[key], pending_px[key] = value, px
+      if not stored and c == 1 and lim then
+        lim[5], lim[6], lim[7] = value, px, r -- what every new key of this limit gets, at the batch's one now
+      end
     else
       redis.call('SET', key, value, 'PX', px)
     end
   end
-  return {1, burst, (level - level % unit) / unit, reset, 0, 0, c}
+  return r
 end
 
 -- luarate shared: plain (the same in every limiter script)
@@ -520,6 +532,9 @@ local function run()
   -- writes nothing, so the same request on the same state is denied alike
   -- without deciding it again: a flood on one key costs a lookup per request.
   local denied, limits = {}, {}
+  -- last is the last reply written out in full, by request last_j; a request
+  -- whose reply is the same gets -last_j in its place, one integer for seven
+  local last, last_j
   k, a = 1, 3
   for j = 1, count do
     local n, cost, how = 1, 1, '' -- (fast takes the usual cost as a number)
@@ -545,8 +560,15 @@ local function run()
       ok, r = pcall(decide, k, n, a + 1, cost + 0, how, now)
     end
     if ok then
-      out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] = r[1], r[2], r[3], r[4], r[5], r[6], r[7]
-      o = o + 7
+      if r == last or last and r[3] == last[3] and r[4] == last[4] and r[1] == last[1] and r[5] == last[5]
+        and r[2] == last[2] and r[6] == last[6] and r[7] == last[7] then
+        o = o + 1
+        out[o] = -last_j -- the same 7 integers as request last_j's reply
+      else
+        out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] = r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+        o = o + 7
+        last, last_j = r, j
+      end
     elseif type(r) == 'table' and r.luarate then
       o = o + 1
       out[o] = {err = 'ERR luarate: request ' .. j .. ': ' .. r.luarate}
