@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "dd79dd41a68651f9ea3def3942f48a4d99b52d2e",
-		"fixed_window v3":           "8917dc8ab0fb6cc875678c8d4fb6ba32c9f66d5a",
-		"gcra v3":                   "a614849c4e419710ac9cbff641f3d69ae519fef9",
-		"leaky_bucket v3":           "d4afd4fa97a44f8f02659714c071e5f000f97d8d",
-		"leaky_queue v3":            "fa7d87ffbe169bdac7971b18a22a233da7dbb14f",
-		"sliding_window_counter v3": "06de9d40940c0c373321fc8eb7dbd837130e5c8c",
-		"sliding_window_log v3":     "a275dcc5d5598cf7dbe292795ccbb99c85e457f9",
-		"token_bucket v3":           "0985d8e67f8c570620c6d128128428b376a7e816",
+		"fixed_window v3":           "86dc41fe21b1c88f85691f7c5a86f7a0cedb8323",
+		"gcra v3":                   "0ba01d6b511760ddce3dad407ad719b80cd87403",
+		"leaky_bucket v3":           "97826323c6d8b1967a652087a163133b9c104e5b",
+		"leaky_queue v3":            "ba3ed21ede0324014f7cb8343536b5b3d0afb867",
+		"sliding_window_counter v3": "6c27354bb3c67ca595748ddd5788621aa11e3f7d",
+		"sliding_window_log v3":     "fd7a2eff2c4c1dc19796abda6295e1c370e6e6a3",
+		"token_bucket v3":           "0bb6650c356b1b9b1829fc3bdb0453b6b437d646",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

@@ -2,6 +2,7 @@ package luarate
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -46,25 +47,7 @@ func (b backend) dump(t *testing.T, key string) string {
 func TestTypedState(t *testing.T) {
 	const now = "1700000000250"
 	eachBackend(t, func(t *testing.T, b backend) {
-		c, ctx := b.client, context.Background()
-		held := map[string]string{} // what the key holds -> key
-		for _, s := range Scripts() {
-			k := b.prefix + "{ts}:by-" + s.Name
-			_, errText := b.eval(t, s.Name, []string{"{ts}:by-" + s.Name}, writingCall(s.Name, now)...)
-			require.Empty(t, errText, s.Name)
-			held[s.Name] = k
-		}
-		for what, value := range map[string]string{"a string": "hello", "a number": "42", "an empty string": "",
-			"gcra v2's state": "1700000000250000", "a v3 state with a tail": "gcra3 1700000000350000 0 0"} {
-			k := b.prefix + "{ts}:" + what
-			require.NoError(t, c.Do(ctx, c.B().Set().Key(k).Value(value).Px(time.Hour).Build()).Error())
-			held[what] = k
-		}
-		for _, typ := range []string{"hash", "list", "set", "zset"} {
-			k := b.prefix + "{ts}:a " + typ
-			b.plant(t, k, typ)
-			held["a "+typ] = k
-		}
+		held := b.foreignKeys(t, now)
 		before := b.snapshot(t)
 		dumps := map[string]string{}
 		for _, k := range held {
@@ -85,6 +68,85 @@ func TestTypedState(t *testing.T) {
 			}
 		}
 		require.Equal(t, before, b.snapshot(t), "a refused call changed stored state")
+	})
+}
+
+// foreignKeys writes every script's state, plain strings and numbers, a
+// look-alike of a state, and keys of every other Redis type, each in a key
+// of its own in hash slot {ts}, and returns what each holds -> its key.
+func (b backend) foreignKeys(t *testing.T, now string) map[string]string {
+	t.Helper()
+	c, ctx := b.client, context.Background()
+	held := map[string]string{}
+	for _, s := range Scripts() {
+		k := b.prefix + "{ts}:by-" + s.Name
+		_, errText := b.eval(t, s.Name, []string{"{ts}:by-" + s.Name}, writingCall(s.Name, now)...)
+		require.Empty(t, errText, s.Name)
+		held[s.Name] = k
+	}
+	for what, value := range map[string]string{"a string": "hello", "a number": "42", "an empty string": "",
+		"gcra v2's state": "1700000000250000", "a v3 state with a tail": "gcra3 1700000000350000 0 0"} {
+		k := b.prefix + "{ts}:" + what
+		require.NoError(t, c.Do(ctx, c.B().Set().Key(k).Value(value).Px(time.Hour).Build()).Error())
+		held[what] = k
+	}
+	for _, typ := range []string{"hash", "list", "set", "zset"} {
+		k := b.prefix + "{ts}:a " + typ
+		b.plant(t, k, typ)
+		held["a "+typ] = k
+	}
+	return held
+}
+
+// TestTypedStateInBatch: in the batch form too, a request over a key the
+// script did not write fails alone, whatever its cost, and the key stays
+// byte for byte as it was, while the new keys around it, of the same limit,
+// are admitted. (A batch reads all its keys at once with MGET, which answers
+// nil alike for a key that does not exist and for one of another type.)
+func TestTypedStateInBatch(t *testing.T) {
+	const now = "1700000000250"
+	eachBackend(t, func(t *testing.T, b backend) {
+		held := b.foreignKeys(t, now)
+		dumps := map[string]string{}
+		for _, k := range held {
+			dumps[k] = b.dump(t, k)
+		}
+		for _, name := range limiterNames() {
+			for what, k := range held {
+				if what == name {
+					continue
+				}
+				fresh := func(n string) batchRequest {
+					return batchRequest{[]string{"{ts}:new-" + name + "-" + n}, "1", "", []string{"10 3600000 0"}}
+				}
+				over := func(cost string) batchRequest {
+					return batchRequest{[]string{strings.TrimPrefix(k, b.prefix)}, cost, "", []string{"10 3600000 0"}}
+				}
+				// the key of another kind comes before any request of its
+				// batch reads keys itself
+				for _, batch := range [][]batchRequest{
+					{over("0"), fresh("1"), over("1"), fresh("2")}, // a peek; then as the new key before it
+					{over("10"), fresh("3")},                       // another cost
+					{over("1"), fresh("4")},                        // the usual cost, no new key before it
+				} {
+					got, errText := batchReplies(t, b, name, now, batch)
+					call := fmt.Sprintf("%s batch over %s, %v", name, what, batch)
+					require.Empty(t, errText, call)
+					require.Len(t, got, len(batch), call)
+					for i, q := range batch {
+						if strings.HasPrefix(q.keys[0], "{ts}:new-") {
+							require.True(t, strings.HasPrefix(got[i], "[1 "), "%s, request %d: %s", call, i+1, got[i])
+						} else {
+							require.Contains(t, got[i], "holds a value", "%s, request %d", call, i+1)
+						}
+					}
+				}
+				require.Equal(t, dumps[k], b.dump(t, k), "%s batches over %s changed the key", name, what)
+				for _, n := range []string{"1", "2", "3", "4"} {
+					require.NoError(t, b.client.Do(context.Background(), b.client.B().Del().Key(b.prefix+"{ts}:new-"+name+"-"+n).Build()).Error())
+				}
+			}
+		}
 	})
 }
 

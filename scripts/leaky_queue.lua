@@ -97,16 +97,22 @@
 
 -- luarate shared: pending (the same in every limiter script)
 -- fast's cost c is the number 1 (the usual cost) or a string to check. Its
--- last three arguments: in a batch, pending holds each key's state as fast
--- read or decided it, and pending_px the PX of what it decided and has not
--- written yet. Requests on one key read and write it there, and the batch
--- writes it once, before any other path reads keys and at its end. limits
--- holds the numbers fast read from each limit string, so later requests with
--- that limit skip reading and checking it, and the state and reply a key
--- without state got at the usual cost, which every such key of that limit
--- gets at the batch's one now. Outside a batch all three are
--- nil, and fast reads and writes Redis itself. (They are arguments, not
--- upvalues: a closure without upvalues is cheaper to make.)
+-- last three arguments, in a batch:
+--   pending     each key's state as the batch read it (one MGET: a string,
+--               or false for no key or a key of another type, which fast
+--               tells apart by writing with SET ... NX) or as fast decided
+--               it; requests on one key read and write it there
+--   pending_px  the PX of what fast decided over a state and has not written
+--               yet: the batch writes it once, before any other path reads
+--               keys and at its end
+--   limits      the numbers fast read from each limit string, so later
+--               requests with that limit skip reading and checking it, then
+--               the state and reply the first key without state got at the
+--               usual cost, which every such key of that limit gets at the
+--               batch's one now
+-- Outside a batch all three are nil, and fast reads and writes Redis itself.
+-- (They are arguments, not upvalues: a closure without upvalues is cheaper
+-- to make.)
 -- luarate shared: end
 
 -- fast decides the common call, one limit without a lockout taken (or
@@ -151,14 +157,29 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
     end
     c = c + 0
   end
-  local stored = pending and pending[key]
+  local stored
+  if pending then
+    if not lim then
+      lim = {burst, unit, drain, capacity} -- later requests with this limit read it here
+      limits[spec] = lim
+    end
+    stored = pending[key]
+    if stored == false then -- no string: none, or a key of another type
+      if c == 0 then
+        return nil -- a peek writes nothing that would tell them apart
+      elseif c == 1 and lim[5] then -- as an earlier new key of this limit in this batch
+        if not redis.call('SET', key, lim[5], 'PX', lim[6], 'NX') then
+          return nil
+        end
+        pending[key] = lim[5]
+        return lim[7]
+      end
+    end
+  end
   if stored == nil then
     stored = redis.pcall('GET', key)
     if pending then
       pending[key] = stored -- later requests on this key read it here
-      if not lim then
-        limits[spec] = {burst, unit, drain, capacity} -- and later requests with this limit read it here
-      end
     end
   end
   local level, updated
@@ -207,16 +228,28 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
   end
   level, free = level + need, free - need
   local reset = lag + (level + -level % drain) / drain
+  local r = {1, burst, (free - free % unit) / unit, reset, 0, delay, c}
   if c > 0 then
     local value, px = string.format('lq3 %d %d', level, updated), string.format('%d', reset)
-    if pending then
-      pending[key], pending_px[key] = value, px
-    else
+    if not pending then
       redis.call('SET', key, value, 'PX', px)
+    elseif stored == false then -- NX: written only if none, so never over a key of another type
+      if not redis.call('SET', key, value, 'PX', px, 'NX') then
+        return nil
+      end
+      pending[key] = value
+      if c == 1 then
+        lim[5], lim[6], lim[7] = value, px, r -- what every new key of this limit gets, at the batch's one now
+      end
+    else
+      pending[key], pending_px[key] = value, px
     end
   end
-  return {1, burst, (free - free % unit) / unit, reset, 0, delay, c}
+  return r
 end
+
+-- string_state: the state is a string, which a batch reads with one MGET.
+local string_state = true
 
 -- luarate shared: plain (the same in every limiter script)
 -- The plain form of the common call goes to fast first, and the usual call
@@ -536,6 +569,12 @@ local function run()
   local now = clock(2)
   local out, o = {}, 0
   local pending, pending_px = {}, {}
+  if string_state then -- every key read at once: a string, or false for none or another type
+    local got = redis.call('MGET', unpack(KEYS))
+    for i = 1, nkeys do
+      pending[KEYS[i]] = got[i]
+    end
+  end
   -- flush writes what fast decided and holds in pending, and returns empty
   -- ones (tables passed, not upvalues: gopher-lua, which tests use, loses an
   -- upvalue's assignments after an error caught by pcall)

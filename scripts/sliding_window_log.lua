@@ -97,16 +97,22 @@
 
 -- luarate shared: pending (the same in every limiter script)
 -- fast's cost c is the number 1 (the usual cost) or a string to check. Its
--- last three arguments: in a batch, pending holds each key's state as fast
--- read or decided it, and pending_px the PX of what it decided and has not
--- written yet. Requests on one key read and write it there, and the batch
--- writes it once, before any other path reads keys and at its end. limits
--- holds the numbers fast read from each limit string, so later requests with
--- that limit skip reading and checking it, and the state and reply a key
--- without state got at the usual cost, which every such key of that limit
--- gets at the batch's one now. Outside a batch all three are
--- nil, and fast reads and writes Redis itself. (They are arguments, not
--- upvalues: a closure without upvalues is cheaper to make.)
+-- last three arguments, in a batch:
+--   pending     each key's state as the batch read it (one MGET: a string,
+--               or false for no key or a key of another type, which fast
+--               tells apart by writing with SET ... NX) or as fast decided
+--               it; requests on one key read and write it there
+--   pending_px  the PX of what fast decided over a state and has not written
+--               yet: the batch writes it once, before any other path reads
+--               keys and at its end
+--   limits      the numbers fast read from each limit string, so later
+--               requests with that limit skip reading and checking it, then
+--               the state and reply the first key without state got at the
+--               usual cost, which every such key of that limit gets at the
+--               batch's one now
+-- Outside a batch all three are nil, and fast reads and writes Redis itself.
+-- (They are arguments, not upvalues: a closure without upvalues is cheaper
+-- to make.)
 -- luarate shared: end
 
 -- fast decides the common call, one limit without a lockout taken (or
@@ -191,6 +197,10 @@ local function fast(key, spec, c, now, pending, pending_px)
   end
   return nil
 end
+
+-- string_state: false, the state is a sorted set, which MGET does not read
+-- (a batch's requests take the general path, which reads each key itself).
+local string_state = false
 
 -- luarate shared: plain (the same in every limiter script)
 -- The plain form of the common call goes to fast first, and the usual call
@@ -560,6 +570,12 @@ local function run()
   local now = clock(2)
   local out, o = {}, 0
   local pending, pending_px = {}, {}
+  if string_state then -- every key read at once: a string, or false for none or another type
+    local got = redis.call('MGET', unpack(KEYS))
+    for i = 1, nkeys do
+      pending[KEYS[i]] = got[i]
+    end
+  end
   -- flush writes what fast decided and holds in pending, and returns empty
   -- ones (tables passed, not upvalues: gopher-lua, which tests use, loses an
   -- upvalue's assignments after an error caught by pcall)
