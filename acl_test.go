@@ -18,7 +18,7 @@ import (
 // limiter need, for keys under the default "rl:" prefix, with a client that
 // disables caching (with caching, add +client|tracking). docs/operations.md
 // publishes it; TestLeastPrivilegeIsDocumented keeps the two the same.
-var leastPrivilege = []string{"~rl:*", "+evalsha", "+eval", "+time", "+get", "+set", "+del", "+pexpire",
+var leastPrivilege = []string{"~rl:*", "+evalsha", "+eval", "+time", "+get", "+mget", "+set", "+del", "+pexpire",
 	"+zadd", "+zcard", "+zrange", "+zrangebyscore", "+zcount", "+zscore", "+zrem", "+zremrangebyscore", "+zremrangebyrank", "+unlink"}
 
 // clusterTopology is what a Redis Cluster client needs on top of
@@ -117,6 +117,23 @@ func TestLeastPrivilegeUser(t *testing.T) {
 	for _, batching := range []bool{true, false} {
 		l := New(userClient(t, "limiter", opt), WithBatching(batching))
 		everyCall(t, l, "acl:user42")
+	}
+
+	// The batch form, with and without +mget: without it, a batch reads each
+	// key with GET, at a little more Redis CPU, and decides the same.
+	setUser(t, addr, "nomget", append(append([]string{}, leastPrivilege...), "-mget"))
+	for _, user := range []string{"limiter", "nomget"} {
+		c := userClient(t, user, opt)
+		for _, name := range limiterNames() {
+			res := scripts[name].lua.Exec(context.Background(), c, []string{"rl:{acl-" + user + "}:" + name, "rl:{acl-" + user + "}:" + name},
+				[]string{"batch", "", "1 1", "10 60000 0", "1 1", "10 60000 0"})
+			arr, err := res.ToArray()
+			require.NoError(t, err, "%s as %s", name, user)
+			for _, m := range arr {
+				require.NoError(t, m.Error(), "%s as %s", name, user)
+			}
+			require.Len(t, arr, 14, "%s as %s: two admissions", name, user)
+		}
 	}
 
 	// Without +get or +set, Redis refuses the script's command: the client

@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "dd79dd41a68651f9ea3def3942f48a4d99b52d2e",
-		"fixed_window v3":           "86dc41fe21b1c88f85691f7c5a86f7a0cedb8323",
-		"gcra v3":                   "0ba01d6b511760ddce3dad407ad719b80cd87403",
-		"leaky_bucket v3":           "97826323c6d8b1967a652087a163133b9c104e5b",
-		"leaky_queue v3":            "ba3ed21ede0324014f7cb8343536b5b3d0afb867",
-		"sliding_window_counter v3": "6c27354bb3c67ca595748ddd5788621aa11e3f7d",
-		"sliding_window_log v3":     "fd7a2eff2c4c1dc19796abda6295e1c370e6e6a3",
-		"token_bucket v3":           "0bb6650c356b1b9b1829fc3bdb0453b6b437d646",
+		"fixed_window v3":           "c805256653649b5ffc769b0a235e0f78e4afd16a",
+		"gcra v3":                   "709cfabc4f92ec8d7fbaff583be1fc682d8ea907",
+		"leaky_bucket v3":           "73aaffd6dd9c709c541f30848aaeedadf5945689",
+		"leaky_queue v3":            "fb441ffb7ff5e3a81dd4465fb01fe56bb54903ae",
+		"sliding_window_counter v3": "fc4ddb7d108db821910ef7a8fba03cc6cee8e77b",
+		"sliding_window_log v3":     "7156c30bc33cb6024fcd88ef9d13268d7a8a8605",
+		"token_bucket v3":           "187ace70ee6a156e25e15d602dd396154f392fd8",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

@@ -543,9 +543,11 @@ local function run()
   local out, o = {}, 0
   local pending, pending_px = {}, {}
   if string_state then -- every key read at once: a string, or false for none or another type
-    local got = redis.call('MGET', unpack(KEYS))
-    for i = 1, nkeys do
-      pending[KEYS[i]] = got[i]
+    local got = redis.pcall('MGET', unpack(KEYS))
+    if not got.err then -- (a user without +mget: fast reads each key with GET)
+      for i = 1, nkeys do
+        pending[KEYS[i]] = got[i]
+      end
     end
   end
   -- flush writes what fast decided and holds in pending, and returns empty
