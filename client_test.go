@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "dd79dd41a68651f9ea3def3942f48a4d99b52d2e",
-		"fixed_window v3":           "c805256653649b5ffc769b0a235e0f78e4afd16a",
-		"gcra v3":                   "709cfabc4f92ec8d7fbaff583be1fc682d8ea907",
-		"leaky_bucket v3":           "73aaffd6dd9c709c541f30848aaeedadf5945689",
-		"leaky_queue v3":            "fb441ffb7ff5e3a81dd4465fb01fe56bb54903ae",
-		"sliding_window_counter v3": "fc4ddb7d108db821910ef7a8fba03cc6cee8e77b",
-		"sliding_window_log v3":     "7156c30bc33cb6024fcd88ef9d13268d7a8a8605",
-		"token_bucket v3":           "187ace70ee6a156e25e15d602dd396154f392fd8",
+		"fixed_window v3":           "493086865904d8e6121fd7715c3d5b526b44ae89",
+		"gcra v3":                   "a1d293e80b1040e794aace1b9987a530cbbafefb",
+		"leaky_bucket v3":           "a1bb6cdf22c95ff47a4ac19bb9b714a7400ca21c",
+		"leaky_queue v3":            "82506df24c7ea0d0b0bb1a028a94c887f499978b",
+		"sliding_window_counter v3": "8c5e11048fa499f2be15fe0ae7900a4290b13d3d",
+		"sliding_window_log v3":     "61e2e0d7f7d7bcac714d004b76b7c544fcd0a53d",
+		"token_bucket v3":           "d24676b566b51f8ebed827ccaecc04ef689dbe3e",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

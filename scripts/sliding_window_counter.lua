@@ -146,16 +146,8 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
       limits[spec] = lim
     end
     stored = pending[key]
-    if stored == false then -- no string: none, or a key of another type
-      if c == 0 then
-        return nil -- a peek writes nothing that would tell them apart
-      elseif c == 1 and lim[3] then -- as an earlier new key of this limit in this batch
-        if not redis.call('SET', key, lim[3], 'PX', lim[4], 'NX') then
-          return nil
-        end
-        pending[key] = lim[3]
-        return lim[5]
-      end
+    if stored == false and c == 0 then -- no string: none, or a key of another type
+      return nil -- a peek writes nothing that would tell them apart
     end
   end
   if stored == nil then
@@ -248,7 +240,7 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
       end
       pending[key] = value
       if c == 1 then
-        lim[3], lim[4], lim[5] = value, px, r -- what every new key of this limit gets, at the batch's one now
+        lim.state, lim.px, lim.reply = value, px, r -- what every new key of this limit gets, at the batch's one now
       end
     else
       pending[key], pending_px[key] = value, px
@@ -632,8 +624,15 @@ local function run()
     if n == 1 and (how == '' or how == 'take') then
       local key, spec = KEYS[k], ARGV[a + 1]
       local state = pending[key]
-      local d = denied[key]
-      if d and d[3] == state and d[1] == spec and d[2] == cost then
+      local d, lim = denied[key], limits[spec]
+      if state == false and cost == 1 and lim and lim.reply then
+        -- a new key, as the first new key of this limit in the batch: the
+        -- same state and reply (or, NX refusing a key of another type, the
+        -- general path)
+        if redis.call('SET', key, lim.state, 'PX', lim.px, 'NX') then
+          pending[key], r = lim.state, lim.reply
+        end
+      elseif d and d[3] == state and d[1] == spec and d[2] == cost then
         r = d[4]
       else
         r = fast(key, spec, cost, now, pending, pending_px, limits)

@@ -605,8 +605,15 @@ local function run()
     if n == 1 and (how == '' or how == 'take') then
       local key, spec = KEYS[k], ARGV[a + 1]
       local state = pending[key]
-      local d = denied[key]
-      if d and d[3] == state and d[1] == spec and d[2] == cost then
+      local d, lim = denied[key], limits[spec]
+      if state == false and cost == 1 and lim and lim.reply then
+        -- a new key, as the first new key of this limit in the batch: the
+        -- same state and reply (or, NX refusing a key of another type, the
+        -- general path)
+        if redis.call('SET', key, lim.state, 'PX', lim.px, 'NX') then
+          pending[key], r = lim.state, lim.reply
+        end
+      elseif d and d[3] == state and d[1] == spec and d[2] == cost then
         r = d[4]
       else
         r = fast(key, spec, cost, now, pending, pending_px, limits)
