@@ -208,35 +208,30 @@ func (b *batcher) sendRun(script *loadedScript, now string, run []*waiter) {
 			w.err = arr[i].Error()
 			i++
 		default:
-			w.res, w.err = batchReply(run[:j], arr[i:])
-			if first, _ := arr[i].AsInt64(); first < 0 {
-				i++
-			} else {
-				i += replyLen
-			}
+			var n int
+			w.res, n, w.err = batchReply(run[:j], arr[i:])
+			i += n
 		}
 		close(w.done)
 	}
 }
 
 // batchReply reads the reply at the head of arr for the request after
-// earlier: its 7 integers, or -j, the same reply as request j's (one of
-// earlier, which have their results already).
-func batchReply(earlier []*waiter, arr []rueidis.RedisMessage) (Result, error) {
+// earlier, and how many elements it took: its 7 integers, or -j, the same
+// reply as request j's (one of earlier, which have their results already).
+func batchReply(earlier []*waiter, arr []rueidis.RedisMessage) (Result, int, error) {
 	first, err := arr[0].AsInt64()
-	if err != nil {
-		return Result{}, ErrInvalidResponse
-	}
-	if first < 0 {
+	switch {
+	case err == nil && first < 0:
 		if -first > int64(len(earlier)) || earlier[-first-1].err != nil {
-			return Result{}, ErrInvalidResponse
+			return Result{}, 1, ErrInvalidResponse
 		}
-		return earlier[-first-1].res, nil
+		return earlier[-first-1].res, 1, nil
+	case err != nil || len(arr) < replyLen:
+		return Result{}, replyLen, ErrInvalidResponse
 	}
-	if len(arr) < replyLen {
-		return Result{}, ErrInvalidResponse
-	}
-	return parseInts(arr[:replyLen])
+	res, err := parseInts(arr[:replyLen])
+	return res, replyLen, err
 }
 
 // units is what a waiter adds to a batch: its cost times its keys.

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -189,4 +190,29 @@ func (b backend) value(t *testing.T, key string) string {
 		return "(none)"
 	}
 	return v
+}
+
+// TestBatchReplyReferences: the client resolves -j to request j's result,
+// and refuses a reference to itself or a later request, or to an error.
+func TestBatchReplyReferences(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		arr, err := b.client.Do(context.Background(), b.client.B().Eval().
+			Script("return {1, 10, 9, 100, 0, 0, 1, -1, -3, -2}").Numkeys(0).Build()).ToArray()
+		require.NoError(t, err)
+		first, n, err := batchReply(nil, arr)
+		require.NoError(t, err)
+		require.Equal(t, replyLen, n)
+		require.Equal(t, Result{Allowed: true, Limit: 10, Remaining: 9, ResetAfter: 100 * time.Millisecond, Granted: 1}, first)
+		earlier := []*waiter{{res: first}}
+		got, n, err := batchReply(earlier, arr[7:])
+		require.NoError(t, err)
+		require.Equal(t, 1, n)
+		require.Equal(t, first, got, "-1: request 1's reply")
+		earlier = append(earlier, &waiter{err: ErrInvalidRequest})
+		_, n, err = batchReply(earlier, arr[8:])
+		require.ErrorIs(t, err, ErrInvalidResponse, "-3: a request not decided yet")
+		require.Equal(t, 1, n)
+		_, _, err = batchReply(earlier, arr[9:])
+		require.ErrorIs(t, err, ErrInvalidResponse, "-2: a request that failed")
+	})
 }
