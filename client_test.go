@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "dd79dd41a68651f9ea3def3942f48a4d99b52d2e",
-		"fixed_window v3":           "493086865904d8e6121fd7715c3d5b526b44ae89",
-		"gcra v3":                   "a1d293e80b1040e794aace1b9987a530cbbafefb",
-		"leaky_bucket v3":           "a1bb6cdf22c95ff47a4ac19bb9b714a7400ca21c",
-		"leaky_queue v3":            "82506df24c7ea0d0b0bb1a028a94c887f499978b",
-		"sliding_window_counter v3": "8c5e11048fa499f2be15fe0ae7900a4290b13d3d",
-		"sliding_window_log v3":     "61e2e0d7f7d7bcac714d004b76b7c544fcd0a53d",
-		"token_bucket v3":           "d24676b566b51f8ebed827ccaecc04ef689dbe3e",
+		"fixed_window v3":           "a7d4081057e296577eabba6b25e1da5f564e1719",
+		"gcra v3":                   "590ba5102e3b821a89748d14397f807b0ff0eacc",
+		"leaky_bucket v3":           "fbd2b367e73872ad17c04f765440c79a35469aec",
+		"leaky_queue v3":            "a668d965cc6e8d0d2a3deb67f30e1a52dc36ccdb",
+		"sliding_window_counter v3": "c06ff05aab18279381f5fccc6c118302e1085684",
+		"sliding_window_log v3":     "f3cbe6587803f40916cb0e1af5afeeb549e8142d",
+		"token_bucket v3":           "bbd7b3ab7c8f2ca971238693345d958098429c75",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

@@ -114,7 +114,8 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
     if not rate or #rate > 10 or #period > 13 or #burst > 10 then
       return nil
     end
-    rate, period, burst = rate + 0, period + 0, burst + 0
+    rate, period = rate + 0, period + 0
+    burst = burst == '0' and rate or burst + 0 -- (0, the usual burst, = rate: compared, not converted)
     if burst == 0 then
       burst = rate
     end

@@ -132,7 +132,8 @@ local function fast(key, spec, c, now, pending, pending_px)
       newest, d, j = string.match(top[1], '^(%d+):(%d)(%d+)$')
     end
     if rate and (n == 0 and not top.err or top[n] == 'swl3' and (n == 1 or newest and #newest <= 16 and #j == d + 0)) then
-      rate, period, burst = rate + 0, period + 0, burst + 0
+      rate, period = rate + 0, period + 0
+      burst = burst == '0' and rate or burst + 0 -- (0, the usual burst, = rate: compared, not converted)
       c = c + 0 -- (1, the usual cost, is a number already)
       if rate >= 1 and rate <= 4000 and period >= 1 and period <= 1e12 and (burst == 0 or burst == rate) and c <= rate and c <= 128 then
         if not now then
