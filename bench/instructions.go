@@ -243,10 +243,13 @@ func countFloorBatch(ctx context.Context, cg *callgrind, rc rueidis.Client, w wo
 }
 
 // countInstructions counts what Redis executes for calls decisions of c on
-// w: one at a time, or from instrGoroutines callers at once.
+// w: one at a time, or from instrGoroutines callers at once. Each count has
+// keys of its own, so none meets the state an earlier count left (a fixed
+// window's keys outlive a count; a bucket's expire within it).
 func countInstructions(ctx context.Context, cg *callgrind, rc rueidis.Client, c contender, w workload, calls int, concurrent bool) (instrResult, error) {
+	own := randomPrefix()
 	for i := range 200 { // load the script, fill the hot key
-		if err := c.allow(ctx, w.keys[i%len(w.keys)]); err != nil {
+		if err := c.allow(ctx, own+w.keys[i%len(w.keys)]); err != nil {
 			return instrResult{}, fmt.Errorf("%s: %w", c.name, err)
 		}
 	}
@@ -264,7 +267,7 @@ func countInstructions(ctx context.Context, cg *callgrind, rc rueidis.Client, c 
 		for g := range goroutines {
 			go func() {
 				for i := g; i < calls; i += goroutines {
-					if err := c.allow(ctx, w.key(i)); err != nil {
+					if err := c.allow(ctx, own+w.key(i)); err != nil {
 						errs <- fmt.Errorf("%s: %w", c.name, err)
 						return
 					}
