@@ -168,30 +168,7 @@ func (b *batcher) send(script *loadedScript, batch []*waiter) {
 
 // sendRun sends waiters that share now as one batch call.
 func (b *batcher) sendRun(script *loadedScript, now string, run []*waiter) {
-	var keys []string
-	args := []string{"batch", now}
-	var sb strings.Builder
-	for _, w := range run {
-		nk := len(w.keys)
-		keys = append(keys, w.keys...)
-		cost, m := "1", ""
-		if len(w.args) > nk {
-			cost = w.args[nk]
-		}
-		if len(w.args) > nk+2 {
-			m = w.args[nk+2]
-		}
-		sb.Reset()
-		sb.WriteString(itoa(int64(nk)))
-		sb.WriteByte(' ')
-		sb.WriteString(cost)
-		if m != "" {
-			sb.WriteByte(' ')
-			sb.WriteString(m)
-		}
-		args = append(args, sb.String())
-		args = append(args, w.args[:nk]...)
-	}
+	keys, args := batchCall(now, run)
 	ctx, cancel := batchContext(run)
 	defer cancel()
 	arr, err := retry(ctx, func() ([]rueidis.RedisMessage, error) {
@@ -216,6 +193,47 @@ func (b *batcher) sendRun(script *loadedScript, now string, run []*waiter) {
 	}
 }
 
+// batchCall returns the KEYS and ARGV of one batch call deciding run at
+// now: the batch1 form, one limit per request and no headers, when every
+// request is usual, else the batch form.
+func batchCall(now string, run []*waiter) (keys, args []string) {
+	form := "batch1"
+	for _, w := range run {
+		if !w.usual() {
+			form = "batch"
+			break
+		}
+	}
+	args = []string{form, now}
+	var sb strings.Builder
+	for _, w := range run {
+		nk := len(w.keys)
+		keys = append(keys, w.keys...)
+		if form == "batch1" {
+			args = append(args, w.args[0])
+			continue
+		}
+		cost, m := "1", ""
+		if len(w.args) > nk {
+			cost = w.args[nk]
+		}
+		if len(w.args) > nk+2 {
+			m = w.args[nk+2]
+		}
+		sb.Reset()
+		sb.WriteString(itoa(int64(nk)))
+		sb.WriteByte(' ')
+		sb.WriteString(cost)
+		if m != "" {
+			sb.WriteByte(' ')
+			sb.WriteString(m)
+		}
+		args = append(args, sb.String())
+		args = append(args, w.args[:nk]...)
+	}
+	return keys, args
+}
+
 // batchReply reads the reply at the head of arr for the request after
 // earlier, and how many elements it took: its 7 integers, or -j, the same
 // reply as request j's (one of earlier, which have their results already).
@@ -232,6 +250,13 @@ func batchReply(earlier []*waiter, arr []rueidis.RedisMessage) (Result, int, err
 	}
 	res, err := parseInts(arr[:replyLen])
 	return res, replyLen, err
+}
+
+// usual reports whether w is the usual request, one key taken at cost 1
+// (on the server clock or its own), which the batch1 form sends as its limit
+// alone.
+func (w *waiter) usual() bool {
+	return len(w.keys) == 1 && (len(w.args) == 1 || len(w.args) == 3 && w.args[1] == "1")
 }
 
 // units is what a waiter adds to a batch: its cost times its keys.

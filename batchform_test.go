@@ -36,6 +36,12 @@ func batchReplies(t *testing.T, b backend, script, now string, reqs []batchReque
 			keys = append(keys, b.prefix+k)
 		}
 	}
+	return execBatch(t, b, script, keys, argv)
+}
+
+// execBatch runs a batch call and returns its replies as batchReplies does.
+func execBatch(t *testing.T, b backend, script string, keys, argv []string) ([]string, string) {
+	t.Helper()
 	res := scripts[script].lua.Exec(context.Background(), b.client, keys, argv)
 	if err := res.Error(); err != nil {
 		return nil, strings.TrimPrefix(err.Error(), "ERR ")
@@ -182,6 +188,67 @@ func TestBatchForm(t *testing.T) {
 	})
 }
 
+// TestBatch1Form: the batch1 form, usual requests without headers, gives
+// each request the reply the plain form gives it alone, in order, leaves the
+// same state, fails a bad limit alone, and refuses a bad shape whole.
+func TestBatch1Form(t *testing.T) {
+	const now = "1700000000250"
+	eachBackend(t, func(t *testing.T, b backend) {
+		for _, script := range limiterNames() {
+			t.Run(script, func(t *testing.T) {
+				names := []string{"a", "a", "b", "a", "c", "d", "a", "e", "f", "g"}
+				limits := []string{"2 60000 0", "2 60000 0", "2 60000 0", "2 60000 0", "2 60000 0",
+					"2 60000 0 1000", "2 60000 0", "2 60000 x", "2 60000 0", "3 60000 0"}
+				keys, argv := []string(nil), []string{"batch1", now}
+				var want []string
+				for i, n := range names {
+					keys = append(keys, b.prefix+"{batch1}:"+script+":"+n)
+					argv = append(argv, limits[i])
+					reply, errText := b.eval(t, script, []string{"{plain}:" + script + ":" + n}, v3argv([]string{limits[i]}, "1", now, "")...)
+					if errText != "" {
+						want = append(want, strings.TrimPrefix(errText, "ERR "))
+					} else {
+						want = append(want, fmt.Sprint(reply))
+					}
+				}
+				got, errText := execBatch(t, b, script, keys, argv)
+				require.Empty(t, errText)
+				require.Len(t, got, len(want))
+				for i := range want {
+					if strings.HasPrefix(want[i], "luarate: ") {
+						require.Equal(t, 7, i, "only the bad limit fails")
+						require.Regexp(t, requestN, got[i])
+						got[i] = argIndex.ReplaceAllString("luarate: "+requestN.ReplaceAllString(got[i], ""), "$1[i]")
+						want[i] = argIndex.ReplaceAllString(want[i], "$1[i]")
+					}
+					require.Equal(t, want[i], got[i], "request %d", i+1)
+				}
+				for _, n := range names {
+					require.Equal(t, b.value(t, "{plain}:"+script+":"+n), b.value(t, "{batch1}:"+script+":"+n), "state of %s", n)
+				}
+
+				before := b.snapshot(t)
+				many := make([]string, 33)
+				for i := range many {
+					many[i] = b.prefix + "{batch1}:" + script + ":" + itoa(int64(i))
+				}
+				for _, c := range []struct{ keys, argv []string }{
+					{keys[:1], []string{"batch1"}},
+					{keys[:1], []string{"batch1", now}},                           // no limit
+					{keys[:1], []string{"batch1", now, "2 60000 0", "2 60000 0"}}, // a limit without its key
+					{keys[:2], []string{"batch1", now, "2 60000 0"}},              // a key without its limit
+					{many, append([]string{"batch1", now}, strings.Split(strings.Repeat("2 60000 0,", 33), ",")[:33]...)},
+					{keys[:1], []string{"batch1", "x", "2 60000 0"}}, // bad now_ms
+				} {
+					res := scripts[script].lua.Exec(context.Background(), b.client, c.keys, c.argv)
+					require.ErrorContains(t, res.Error(), "luarate: ", "%d keys, %q", len(c.keys), c.argv)
+				}
+				require.Equal(t, before, b.snapshot(t), "a refused batch changed state")
+			})
+		}
+	})
+}
+
 // value is key's value under the backend's prefix, or "(none)".
 func (b backend) value(t *testing.T, key string) string {
 	t.Helper()
@@ -215,4 +282,39 @@ func TestBatchReplyReferences(t *testing.T) {
 		_, _, err = batchReply(earlier, arr[9:])
 		require.ErrorIs(t, err, ErrInvalidResponse, "-2: a request that failed")
 	})
+}
+
+// TestBatchCall: a run of usual requests (one key taken at cost 1, on the
+// server clock or the caller's) goes in the batch1 form, a limit each; any
+// other request in the run makes it the batch form, a header per request.
+func TestBatchCall(t *testing.T) {
+	limit := Limit{Algorithm: GCRA, Rate: 10, Period: time.Second}
+	call := func(l *Limiter, key string, n int, m Op, limits ...Limit) *waiter {
+		_, keys, args, err := l.command(key, n, m, limits)
+		require.NoError(t, err)
+		return &waiter{keys: keys, args: args}
+	}
+	server := &Limiter{prefix: "rl:"}
+	clock := &Limiter{prefix: "rl:", now: func() time.Time { return time.UnixMilli(1700000000250) }}
+	for _, c := range []struct {
+		name       string
+		now        string
+		run        []*waiter
+		keys, args []string
+	}{
+		{"usual", "", []*waiter{call(server, "a", 1, OpTake, limit), call(server, "b", 1, OpTake, limit)},
+			[]string{"rl:{a}:g3:1000", "rl:{b}:g3:1000"}, []string{"batch1", "", "10 1000 0", "10 1000 0"}},
+		{"usual, the caller's clock", "1700000000250", []*waiter{call(clock, "a", 1, OpTake, limit), call(clock, "b", 1, OpTake, limit)},
+			[]string{"rl:{a}:g3:1000", "rl:{b}:g3:1000"}, []string{"batch1", "1700000000250", "10 1000 0", "10 1000 0"}},
+		{"another cost", "", []*waiter{call(server, "a", 1, OpTake, limit), call(server, "b", 2, OpTake, limit)},
+			[]string{"rl:{a}:g3:1000", "rl:{b}:g3:1000"}, []string{"batch", "", "1 1", "10 1000 0", "1 2", "10 1000 0"}},
+		{"a refund", "", []*waiter{call(server, "a", 1, OpRefund, limit), call(server, "b", 1, OpTake, limit)},
+			[]string{"rl:{a}:g3:1000", "rl:{b}:g3:1000"}, []string{"batch", "", "1 1 refund", "10 1000 0", "1 1", "10 1000 0"}},
+		{"two limits", "", []*waiter{call(server, "a", 1, OpTake, limit, Limit{Algorithm: GCRA, Rate: 100, Period: time.Minute})},
+			[]string{"rl:{a}:g3:1000", "rl:{a}:g3:60000"}, []string{"batch", "", "2 1", "10 1000 0", "100 60000 0"}},
+	} {
+		keys, args := batchCall(c.now, c.run)
+		require.Equal(t, c.keys, keys, c.name)
+		require.Equal(t, c.args, args, c.name)
+	}
 }

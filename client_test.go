@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "dd79dd41a68651f9ea3def3942f48a4d99b52d2e",
-		"fixed_window v3":           "a7d4081057e296577eabba6b25e1da5f564e1719",
-		"gcra v3":                   "590ba5102e3b821a89748d14397f807b0ff0eacc",
-		"leaky_bucket v3":           "fbd2b367e73872ad17c04f765440c79a35469aec",
-		"leaky_queue v3":            "a668d965cc6e8d0d2a3deb67f30e1a52dc36ccdb",
-		"sliding_window_counter v3": "c06ff05aab18279381f5fccc6c118302e1085684",
-		"sliding_window_log v3":     "f3cbe6587803f40916cb0e1af5afeeb549e8142d",
-		"token_bucket v3":           "bbd7b3ab7c8f2ca971238693345d958098429c75",
+		"fixed_window v3":           "268c9f2ae36f1e2f3dee4c419d63b49b8b5db72c",
+		"gcra v3":                   "1876a9ac26ee599ad7df36eaa67db3537931ac74",
+		"leaky_bucket v3":           "914f45a0369aa74b0e51f15c764d8b8c06d51ecb",
+		"leaky_queue v3":            "2e1e2c9e61bbf64198ba1153af9fb1c43ddb0d7e",
+		"sliding_window_counter v3": "761a6e8400337bdc303a62c675ba21ab8e2229e5",
+		"sliding_window_log v3":     "4ec009b33bbd20c5a9ef2f131fad6db01ebd6f33",
+		"token_bucket v3":           "d1d60de0ba6dc91f4467f095c24b94f9c416bf3f",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

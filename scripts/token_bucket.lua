@@ -63,6 +63,8 @@
 -- the concatenation of their 7-integer replies, or of one error in place of
 -- the 7 integers for a request that is bad, or of one negative integer -j
 -- for a reply that is the same as request j's (j < this request).
+-- ARGV[1] = "batch1" is the same batch of usual requests, each one key
+-- taken at cost 1, without headers: ARGV[2 + i] is the limit of KEYS[i].
 --
 -- Errors: bad arguments or a key this script did not write get one line
 -- "ERR luarate: ..." naming the argument or key, and change nothing. Errors
@@ -491,8 +493,8 @@ end
 -- luarate shared: entry (the same in every limiter script)
 -- run answers the plain form, or each request of a batch.
 local function run()
-  local nkeys, nargs = #KEYS, #ARGV
-  if ARGV[1] ~= 'batch' then
+  local nkeys, nargs, form = #KEYS, #ARGV, ARGV[1]
+  if form ~= 'batch' and form ~= 'batch1' then
     if nkeys == 0 or nkeys > 16 then
       fail('need 1 to 16 keys, one per limit, got %d', nkeys)
     elseif nargs < nkeys or nargs > nkeys + 3 then
@@ -520,8 +522,17 @@ local function run()
     end
     return n + 0, cost, how or ''
   end
+  -- In the batch1 form every request is the usual one, one key taken at
+  -- cost 1, and has no header: ARGV[2 + i] is the limit of KEYS[i].
+  local header = form == 'batch1' and 0 or 1 -- ARGV per request before its limits
   local count, k, a = 0, 1, 3
-  while a <= nargs do
+  if header == 0 then
+    count = nkeys
+    if nkeys == 0 or nkeys > 32 or nargs ~= nkeys + 2 then
+      fail('a batch1 needs 1 to 32 KEYS and a limit for each, got %d KEYS and %d limits', nkeys, nargs - 2)
+    end
+  end
+  while header == 1 and a <= nargs do
     count = count + 1
     local n = ARGV[a] == '1 1' and 1 or request(a)
     if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
@@ -529,7 +540,7 @@ local function run()
     end
     k, a = k + n, a + n + 1
   end
-  if count == 0 or count > 32 or nkeys > 64 or k <= nkeys then
+  if header == 1 and (count == 0 or count > 32 or nkeys > 64 or k <= nkeys) then
     fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', count, k - 1, nkeys)
   end
   local now = clock(2)
@@ -560,10 +571,10 @@ local function run()
   -- last is the last reply written out in full, by request last_j; a request
   -- whose reply is the same gets -last_j in its place, one integer for seven
   local last, last_j
-  k, a = 1, 3
+  k, a = 1, 2 + header -- a: the request's header (batch1: the ARGV before its limit)
   for j = 1, count do
     local n, cost, how = 1, 1, '' -- (fast takes the usual cost as a number)
-    if ARGV[a] ~= '1 1' then
+    if header == 1 and ARGV[a] ~= '1 1' then
       n, cost, how = request(a)
     end
     local ok, r = true, nil
@@ -607,7 +618,7 @@ local function run()
     else
       error(r, 0) -- Redis's own error fails the whole batch
     end
-    k, a = k + n, a + n + 1
+    k, a = k + n, a + n + header
   end
   flush(pending, pending_px)
   return out
