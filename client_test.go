@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "dd79dd41a68651f9ea3def3942f48a4d99b52d2e",
-		"fixed_window v3":           "268c9f2ae36f1e2f3dee4c419d63b49b8b5db72c",
-		"gcra v3":                   "1876a9ac26ee599ad7df36eaa67db3537931ac74",
-		"leaky_bucket v3":           "914f45a0369aa74b0e51f15c764d8b8c06d51ecb",
-		"leaky_queue v3":            "2e1e2c9e61bbf64198ba1153af9fb1c43ddb0d7e",
-		"sliding_window_counter v3": "761a6e8400337bdc303a62c675ba21ab8e2229e5",
-		"sliding_window_log v3":     "4ec009b33bbd20c5a9ef2f131fad6db01ebd6f33",
-		"token_bucket v3":           "d1d60de0ba6dc91f4467f095c24b94f9c416bf3f",
+		"fixed_window v3":           "8781e1db9c02575063fb1aa493400aaa9720b4d8",
+		"gcra v3":                   "2c96257f4a709a6d4845022f911d68e41e0476f1",
+		"leaky_bucket v3":           "c381e2cec05b25f320c088097ba95753ba4e9c11",
+		"leaky_queue v3":            "cc10d85af4fe5ce82c223524b1f2fbfe5eb690ab",
+		"sliding_window_counter v3": "5a6cdd068ff63cf4fa1b7f30c75b217d110db373",
+		"sliding_window_log v3":     "c6ce19515a00aa594917c2208fee7e53e52d2203",
+		"token_bucket v3":           "6196798f4086d58ce2904ffa74635a6e2b20c633",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

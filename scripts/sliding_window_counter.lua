@@ -584,19 +584,20 @@ local function run()
   if header == 0 then
     count = nkeys
     if nkeys == 0 or nkeys > 32 or nargs ~= nkeys + 2 then
-      fail('a batch1 needs 1 to 32 KEYS and a limit for each, got %d KEYS and %d limits', nkeys, nargs - 2)
+      fail('a batch1 needs 1 to 32 KEYS and ARGV "batch1", now_ms, then a limit per key, got %d KEYS and %d ARGV', nkeys, nargs)
     end
-  end
-  while header == 1 and a <= nargs do
-    count = count + 1
-    local n = ARGV[a] == '1 1' and 1 or request(a)
-    if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
-      fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, count, printable(ARGV[a]))
+  else
+    while a <= nargs do
+      count = count + 1
+      local n = ARGV[a] == '1 1' and 1 or request(a)
+      if n < 1 or n > 16 or k + n - 1 > nkeys or a + n > nargs then
+        fail('ARGV[%d] request %d: nkeys must be from 1 to 16, with that many KEYS and limits left, got "%s"', a, count, printable(ARGV[a]))
+      end
+      k, a = k + n, a + n + 1
     end
-    k, a = k + n, a + n + 1
-  end
-  if header == 1 and (count == 0 or count > 32 or nkeys > 64 or k <= nkeys) then
-    fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', count, k - 1, nkeys)
+    if count == 0 or count > 32 or nkeys > 64 or k <= nkeys then
+      fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', count, k - 1, nkeys)
+    end
   end
   local now = clock(2)
   local out, o = {}, 0
