@@ -213,6 +213,9 @@ func instructions(ctx context.Context, keys, calls int) ([]instrResult, error) {
 // countFloorBatch counts floorBatchScript deciding calls distinct keys of w,
 // floorBatchSize per call, reported beside the concurrent callers.
 func countFloorBatch(ctx context.Context, cg *callgrind, rc rueidis.Client, w workload, calls int) (instrResult, error) {
+	if err := emptied(ctx, rc); err != nil {
+		return instrResult{}, err
+	}
 	fb := rueidis.NewLuaScript(floorBatchScript)
 	prefix := randomPrefix()
 	batch := func(from int) error {
@@ -242,14 +245,22 @@ func countFloorBatch(ctx context.Context, cg *callgrind, rc rueidis.Client, w wo
 	return instrResult{contender: floorBatch, workload: fmt.Sprintf("%s, %d callers", w.name, instrGoroutines), concurrent: true, perCall: float64(n) / float64(calls), perScript: floorBatchSize}, nil
 }
 
+// emptied empties the callgrind server (the bench's own) before a count, so
+// that no count meets the state an earlier one left (a fixed window's keys
+// outlive a count, a bucket's do not) or pays for expiring its keys.
+func emptied(ctx context.Context, rc rueidis.Client) error {
+	return rc.Do(ctx, rc.B().Flushall().Sync().Build()).Error()
+}
+
 // countInstructions counts what Redis executes for calls decisions of c on
-// w: one at a time, or from instrGoroutines callers at once. Each count has
-// keys of its own, so none meets the state an earlier count left (a fixed
-// window's keys outlive a count; a bucket's expire within it).
+// w: one at a time, or from instrGoroutines callers at once, on an emptied
+// server.
 func countInstructions(ctx context.Context, cg *callgrind, rc rueidis.Client, c contender, w workload, calls int, concurrent bool) (instrResult, error) {
-	own := randomPrefix()
+	if err := emptied(ctx, rc); err != nil {
+		return instrResult{}, err
+	}
 	for i := range 200 { // load the script, fill the hot key
-		if err := c.allow(ctx, own+w.keys[i%len(w.keys)]); err != nil {
+		if err := c.allow(ctx, w.keys[i%len(w.keys)]); err != nil {
 			return instrResult{}, fmt.Errorf("%s: %w", c.name, err)
 		}
 	}
@@ -267,7 +278,7 @@ func countInstructions(ctx context.Context, cg *callgrind, rc rueidis.Client, c 
 		for g := range goroutines {
 			go func() {
 				for i := g; i < calls; i += goroutines {
-					if err := c.allow(ctx, own+w.key(i)); err != nil {
+					if err := c.allow(ctx, w.key(i)); err != nil {
 						errs <- fmt.Errorf("%s: %w", c.name, err)
 						return
 					}
