@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -234,11 +235,11 @@ func TestBatch1Form(t *testing.T) {
 				}
 				for _, c := range []struct{ keys, argv []string }{
 					{keys[:1], []string{"batch1"}},
-					{keys[:1], []string{"batch1", now}},                           // no limit
-					{keys[:1], []string{"batch1", now, "2 60000 0", "2 60000 0"}}, // a limit without its key
-					{keys[:2], []string{"batch1", now, "2 60000 0"}},              // a key without its limit
-					{many, append([]string{"batch1", now}, strings.Split(strings.Repeat("2 60000 0,", 33), ",")[:33]...)},
-					{keys[:1], []string{"batch1", "x", "2 60000 0"}}, // bad now_ms
+					{keys[:1], []string{"batch1", now}},                                                  // no limit
+					{keys[:1], []string{"batch1", now, "2 60000 0", "2 60000 0"}},                        // a limit without its key
+					{keys[:2], []string{"batch1", now, "2 60000 0"}},                                     // a key without its limit
+					{many, append([]string{"batch1", now}, slices.Repeat([]string{"2 60000 0"}, 33)...)}, // 33 requests
+					{keys[:1], []string{"batch1", "x", "2 60000 0"}},                                     // bad now_ms
 				} {
 					res := scripts[script].lua.Exec(context.Background(), b.client, c.keys, c.argv)
 					require.ErrorContains(t, res.Error(), "luarate: ", "%d keys, %q", len(c.keys), c.argv)
