@@ -108,11 +108,11 @@ func TestBatchForm(t *testing.T) {
 						{[]string{k("f")}, "1", atmost, []string{"5 60000 0"}}, // the general path, from Redis
 						{[]string{k("f")}, "2", "", []string{"5 60000 0"}},
 						{[]string{k("a")}, "3", "", []string{"5 60000 0"}},
-						{[]string{k("b"), k("c")}, "2", atmost, []string{"4 1000 0", "10 3600000 0"}},
+						{[]string{k("b"), k("c")}, "2", atmost, []string{"4 100000 0", "10 3600000 0"}},
 						{[]string{k("a")}, "99", "", []string{"5 60000 0"}}, // above capacity: fails alone
 						{[]string{k("a")}, "3", "", []string{"5 60000 0"}},  // denied: 2 left
 						{[]string{k("d")}, "1", "", []string{"5 60000 0 1000"}},
-						{[]string{k("b"), k("b")}, "1", "", []string{"4 1000 0", "10 60000 0"}}, // one key twice
+						{[]string{k("b"), k("b")}, "1", "", []string{"4 100000 0", "10 60000 0"}}, // one key twice
 						{[]string{k("a")}, "1", refund, []string{"5 60000 0"}},
 						{[]string{k("e")}, "1", "", []string{"5 60000 x"}}, // bad limit
 						{[]string{k("a")}, "0", "", []string{"5 60000 0"}},
