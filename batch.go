@@ -27,7 +27,7 @@ import (
 const (
 	maxInFlight     = 4  // calls of one lane at once: one is decided while others travel
 	maxBatch        = 32 // requests per batch call
-	maxBatchKeys    = 64 // keys per batch call
+	maxBatchKeys    = 32 // keys per batch call
 	maxLogBatchKeys = 16
 )
 

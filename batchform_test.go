@@ -183,6 +183,16 @@ func TestBatchForm(t *testing.T) {
 				res := scripts[script].lua.Exec(context.Background(), b.client, []string{b.prefix + "{batch}:" + script + ":a", b.prefix + "{batch}:" + script + ":b"},
 					[]string{"batch", now, "1 1", "5 60000 0"})
 				require.ErrorContains(t, res.Error(), "luarate: ")
+				// 33 keys, one over the cap: 16 requests of two limits, then one of one
+				keys33, args33 := []string{}, []string{"batch", now}
+				for i := range 16 {
+					keys33 = append(keys33, b.prefix+"{batch}:"+script+":x"+itoa(int64(i)), b.prefix+"{batch}:"+script+":y"+itoa(int64(i)))
+					args33 = append(args33, "2 1", "5 60000 0", "6 3600000 0")
+				}
+				keys33 = append(keys33, b.prefix+"{batch}:"+script+":z")
+				args33 = append(args33, "1 1", "5 60000 0")
+				res = scripts[script].lua.Exec(context.Background(), b.client, keys33, args33)
+				require.ErrorContains(t, res.Error(), "luarate: a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 32)")
 				require.Equal(t, before, b.snapshot(t), "a refused batch changed state")
 			})
 		}

@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "dd79dd41a68651f9ea3def3942f48a4d99b52d2e",
-		"fixed_window v3":           "8781e1db9c02575063fb1aa493400aaa9720b4d8",
-		"gcra v3":                   "2c96257f4a709a6d4845022f911d68e41e0476f1",
-		"leaky_bucket v3":           "c381e2cec05b25f320c088097ba95753ba4e9c11",
-		"leaky_queue v3":            "cc10d85af4fe5ce82c223524b1f2fbfe5eb690ab",
-		"sliding_window_counter v3": "5a6cdd068ff63cf4fa1b7f30c75b217d110db373",
-		"sliding_window_log v3":     "c6ce19515a00aa594917c2208fee7e53e52d2203",
-		"token_bucket v3":           "6196798f4086d58ce2904ffa74635a6e2b20c633",
+		"fixed_window v3":           "cad8806ee831fbf30dc6a4c44c644eb9ae26e371",
+		"gcra v3":                   "38c41fd48aa2dd757f31a8cc52a97942f2ca4e19",
+		"leaky_bucket v3":           "07e5529fb0d1fc7ac3c2ac236ada1364c6f873e9",
+		"leaky_queue v3":            "269e989db8d18007b524320467f5831812ec3259",
+		"sliding_window_counter v3": "90fe0849c6877dff82132925eb7ac944c2b709e6",
+		"sliding_window_log v3":     "9ae1f1c7dee2762550ce609a363fcf49becd8ff4",
+		"token_bucket v3":           "f0c0a4493a0383ba5bb7df13da7c6b0ef7d7a45f",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

@@ -56,25 +56,20 @@ func worstCases(prefix string) []worstCase {
 		args = append(args, cost, "", "atmost")
 		out = append(out, worstCase{name: name + ": 16 limits, atmost, lockouts", script: name, keys: keys, args: args})
 
-		// a full batch: 32 requests, 64 keys (the log: 16 limits, 128 units)
-		n, per := 32, 2
+		// a full batch with every request on the general path (atmost, a
+		// lockout): 32 requests of one key each, the costliest shape the caps
+		// allow (the log: 16 requests, 128 units)
+		n, bcost := 32, "1000"
 		if a == luarate.SlidingWindowLog {
-			n, per = 16, 1
+			n, bcost = 16, "8"
 		}
 		bkeys := []string{}
 		bargs := []string{"batch", ""}
 		for r := range n {
-			bcost := "1"
-			if a == luarate.SlidingWindowLog {
-				bcost = "8"
-			}
-			bargs = append(bargs, strconv.Itoa(per)+" "+bcost)
-			for i := range per {
-				bkeys = append(bkeys, prefix+"{"+name+":batch"+strconv.Itoa(r)+"}:"+strconv.Itoa(i))
-				bargs = append(bargs, rate+" "+strconv.Itoa(1000*(i+1))+" 0")
-			}
+			bkeys = append(bkeys, prefix+"{"+name+":batch"+strconv.Itoa(r)+"}")
+			bargs = append(bargs, "1 "+bcost+" atmost", rate+" 1000 0 60000")
 		}
-		out = append(out, worstCase{name: fmt.Sprintf("%s: a batch of %d requests, %d keys", name, n, len(bkeys)), script: name, keys: bkeys, args: bargs})
+		out = append(out, worstCase{name: fmt.Sprintf("%s: a batch of %d requests, %d keys, atmost, lockouts", name, n, len(bkeys)), script: name, keys: bkeys, args: bargs})
 	}
 	// the log pruning as it adds: a full log of 4000 entries, all expired
 	out = append(out, worstCase{name: "sliding_window_log: cost 128 on a full log of 4000, all expired", script: "sliding_window_log",

@@ -58,7 +58,7 @@
 -- Batch form: ARGV[1] = "batch", ARGV[2] = now_ms or "" (one clock for the
 -- whole batch), then for each request "<nkeys> <cost>" or "<nkeys> <cost>
 -- <mode>" followed by its nkeys limits; KEYS holds each request's keys in the
--- same order (at most 32 requests and 64 keys). Each request is decided
+-- same order (at most 32 requests and 32 keys). Each request is decided
 -- alone, in order, exactly as the plain form would decide it; the reply is
 -- the concatenation of their 7-integer replies, or of one error in place of
 -- the 7 integers for a request that is bad, or of one negative integer -j
@@ -479,8 +479,8 @@ local function run()
       end
       k, a = k + n, a + n + 1
     end
-    if count == 0 or count > 32 or nkeys > 64 or k <= nkeys then
-      fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', count, k - 1, nkeys)
+    if count == 0 or count > 32 or nkeys > 32 or k <= nkeys then
+      fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 32), got %d requests for %d of %d keys', count, k - 1, nkeys)
     end
   end
   local now = clock(2)

@@ -79,7 +79,7 @@
 -- form would decide it; the reply is the concatenation of their 7-integer
 -- replies, or of one error in place of the 7 integers for a request that is
 -- bad, or of one negative integer -j for a reply that is the same as request
--- j's (j < this request). A whole batch is capped like one call (not at the 32 requests and 64
+-- j's (j < this request). A whole batch is capped like one call (not at the 32 requests and 32
 -- keys of the other scripts): at most 16 limits (nkeys summed over its
 -- requests) and 128 units (cost * nkeys, summed); a request that would go
 -- over fails alone. ARGV[1] = "batch1" is the same batch of usual requests,
@@ -576,8 +576,8 @@ local function run()
       end
       k, a = k + n, a + n + 1
     end
-    if count == 0 or count > 32 or nkeys > 64 or k <= nkeys then
-      fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 64), got %d requests for %d of %d keys', count, k - 1, nkeys)
+    if count == 0 or count > 32 or nkeys > 32 or k <= nkeys then
+      fail('a batch needs 1 to 32 requests whose nkeys add up to #KEYS (at most 32), got %d requests for %d of %d keys', count, k - 1, nkeys)
     end
   end
   local now = clock(2)
