@@ -80,6 +80,29 @@ var (
 	argIndex = regexp.MustCompile(`(KEYS|ARGV)\[\d+\]`)
 )
 
+// requirePlainReplies requires got, a batch's replies, to be what the plain
+// form answers each of reqs alone, in order, at now, and returns the indices
+// of the requests that failed. A failed request's error in the batch names
+// it ("request j: ") and the batch's own KEYS and ARGV indices, which are
+// set aside in the comparison.
+func requirePlainReplies(t *testing.T, b backend, script, now string, reqs []batchRequest, got []string) []int {
+	t.Helper()
+	require.Len(t, got, len(reqs))
+	var failed []int
+	for i, q := range reqs {
+		reply, errText := b.eval(t, script, q.keys, v3argv(q.limits, q.cost, now, q.mode)...)
+		want := fmt.Sprint(reply)
+		if errText != "" {
+			failed = append(failed, i)
+			require.Regexp(t, requestN, got[i], "request %d's error names it", i+1)
+			got[i] = argIndex.ReplaceAllString("luarate: "+requestN.ReplaceAllString(got[i], ""), "$1[i]")
+			want = argIndex.ReplaceAllString(strings.TrimPrefix(errText, "ERR "), "$1[i]")
+		}
+		require.Equal(t, want, got[i], "request %d", i+1)
+	}
+	return failed
+}
+
 // TestBatchForm: a batch gives each request the reply the plain form gives
 // the same requests one by one, in order, at the same now_ms, and leaves the
 // same state; a bad request fails alone with its own error while the others
@@ -134,28 +157,8 @@ func TestBatchForm(t *testing.T) {
 				}
 				got, errText := batchReplies(t, b, script, now, reqs("batch"))
 				require.Empty(t, errText)
-				var want []string
-				for _, q := range reqs("plain") {
-					reply, errText := b.eval(t, script, q.keys, v3argv(q.limits, q.cost, now, q.mode)...)
-					if errText != "" {
-						want = append(want, strings.TrimPrefix(errText, "ERR "))
-					} else {
-						want = append(want, fmt.Sprint(reply))
-					}
-				}
-				require.Len(t, got, len(want))
-				errors := 0
-				for i := range want {
-					if strings.HasPrefix(want[i], "luarate: ") {
-						errors++
-						require.Regexp(t, requestN, got[i], "request %d's error names it", i+1)
-						// indices name the batch's own KEYS and ARGV
-						got[i] = argIndex.ReplaceAllString("luarate: "+requestN.ReplaceAllString(got[i], ""), "$1[i]")
-						want[i] = argIndex.ReplaceAllString(want[i], "$1[i]")
-					}
-					require.Equal(t, want[i], got[i], "request %d", i+1)
-				}
-				require.Equal(t, 3, errors, "the bad requests failed, the others decided")
+				failed := requirePlainReplies(t, b, script, now, reqs("plain"), got)
+				require.Len(t, failed, 3, "the bad requests failed, the others decided")
 				for _, n := range []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"} {
 					require.Equal(t, b.value(t, "{plain}:"+script+":"+n), b.value(t, "{batch}:"+script+":"+n), "state of %s", n)
 				}
@@ -211,29 +214,15 @@ func TestBatch1Form(t *testing.T) {
 				limits := []string{"2 60000 0", "2 60000 0", "2 60000 0", "2 60000 0", "2 60000 0",
 					"2 60000 0 1000", "2 60000 0", "2 60000 x", "2 60000 0", "3 60000 0"}
 				keys, argv := []string(nil), []string{"batch1", now}
-				var want []string
+				var plain []batchRequest
 				for i, n := range names {
 					keys = append(keys, b.prefix+"{batch1}:"+script+":"+n)
 					argv = append(argv, limits[i])
-					reply, errText := b.eval(t, script, []string{"{plain}:" + script + ":" + n}, v3argv([]string{limits[i]}, "1", now, "")...)
-					if errText != "" {
-						want = append(want, strings.TrimPrefix(errText, "ERR "))
-					} else {
-						want = append(want, fmt.Sprint(reply))
-					}
+					plain = append(plain, batchRequest{[]string{"{plain}:" + script + ":" + n}, "1", "", []string{limits[i]}})
 				}
 				got, errText := execBatch(t, b, script, keys, argv)
 				require.Empty(t, errText)
-				require.Len(t, got, len(want))
-				for i := range want {
-					if strings.HasPrefix(want[i], "luarate: ") {
-						require.Equal(t, 7, i, "only the bad limit fails")
-						require.Regexp(t, requestN, got[i])
-						got[i] = argIndex.ReplaceAllString("luarate: "+requestN.ReplaceAllString(got[i], ""), "$1[i]")
-						want[i] = argIndex.ReplaceAllString(want[i], "$1[i]")
-					}
-					require.Equal(t, want[i], got[i], "request %d", i+1)
-				}
+				require.Equal(t, []int{7}, requirePlainReplies(t, b, script, now, plain, got), "only the bad limit fails")
 				for _, n := range names {
 					require.Equal(t, b.value(t, "{plain}:"+script+":"+n), b.value(t, "{batch1}:"+script+":"+n), "state of %s", n)
 				}
