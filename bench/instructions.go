@@ -217,12 +217,11 @@ func countFloorBatch(ctx context.Context, cg *callgrind, rc rueidis.Client, w wo
 		return instrResult{}, err
 	}
 	fb := rueidis.NewLuaScript(floorBatchScript)
-	prefix := randomPrefix()
 	batch := func(from int) error {
 		keys := make([]string, floorBatchSize)
 		args := make([]string, floorBatchSize)
 		for j := range keys {
-			keys[j] = prefix + w.key(from+j)
+			keys[j] = w.key(from + j)
 			args[j] = "100 100000 100"
 		}
 		return fb.Exec(ctx, rc, keys, args).Error()
