@@ -123,6 +123,19 @@ func load(ctx context.Context, cfg config, keys []string, allow func(context.Con
 	}
 }
 
+// measure runs load and adds the script calls and Redis time it cost,
+// from INFO commandstats reset before it, to m.
+func measure(ctx context.Context, cfg config, rc rueidis.Client, keys []string, allow func(context.Context, string) error, m *measurement) error {
+	if err := resetStats(ctx, rc); err != nil {
+		return err
+	}
+	load(ctx, cfg, keys, allow, m)
+	calls, usec, err := commandStats(ctx, rc)
+	m.redisCalls += calls
+	m.redisUsec += usec
+	return err
+}
+
 // results is everything the report and the chart show.
 type results struct {
 	redisVersion string
@@ -191,16 +204,9 @@ func run(ctx context.Context, cfg config) (*results, error) {
 			for i := range cs {
 				c := cs[(i+round)%len(cs)] // rotate the order every round
 				m := byKey[w.name+"|"+c.name]
-				if err := resetStats(ctx, rc); err != nil {
+				if err := measure(ctx, cfg, rc, w.keys, c.allow, m); err != nil {
 					return nil, err
 				}
-				load(ctx, cfg, w.keys, c.allow, m)
-				calls, usec, err := commandStats(ctx, rc)
-				if err != nil {
-					return nil, err
-				}
-				m.redisCalls += calls
-				m.redisUsec += usec
 				if m.errors > 0 {
 					return nil, fmt.Errorf("%s on %s: %d calls failed", c.name, w.name, m.errors)
 				}
@@ -221,7 +227,9 @@ func run(ctx context.Context, cfg config) (*results, error) {
 	}
 	for range 5 * cfg.rounds { // short turns, alternating, so both see the same machine
 		for i, c := range lones {
-			load(ctx, lone, wls[1].keys, c.allow, res.lone[i])
+			if err := measure(ctx, lone, rc, wls[1].keys, c.allow, res.lone[i]); err != nil {
+				return nil, err
+			}
 		}
 	}
 
