@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -165,6 +166,35 @@ func commandStats(ctx context.Context, c rueidis.Client) (calls, usec int64, err
 		}
 	}
 	return calls, usec, nil
+}
+
+// redisCPU is the CPU time the Redis process has used (INFO cpu: user + sys).
+func redisCPU(ctx context.Context, c rueidis.Client) (time.Duration, error) {
+	info, err := c.Do(ctx, c.B().Info().Section("cpu").Build()).ToString()
+	if err != nil {
+		return 0, err
+	}
+	var sec float64
+	for _, line := range strings.Split(info, "\n") {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
+		if k == "used_cpu_user" || k == "used_cpu_sys" {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return 0, fmt.Errorf("INFO cpu %s: %w", k, err)
+			}
+			sec += f
+		}
+	}
+	return time.Duration(sec * float64(time.Second)), nil
+}
+
+// clientCPU is the CPU time this process has used (user + sys).
+func clientCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func resetStats(ctx context.Context, c rueidis.Client) error {

@@ -34,11 +34,12 @@ func (c check) needed() string {
 
 // report prints the tables and the targets, and returns how many failed.
 func report(w io.Writer, r *results) int {
-	fmt.Fprintln(w, "| workload | contender | decisions/s | p50 | p99 | Redis usec/decision | decisions per script call |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "| workload | contender | decisions/s | p50 | p99 | Redis usec/decision | decisions per script call | CPUs busy: client + Redis |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|")
 	for _, m := range append(r.runs, r.lone...) {
-		fmt.Fprintf(w, "| %s | %s | %.0f | %v | %v | %.2f | %.1f |\n", m.workload, m.contender, m.perSecond(),
-			m.hist.quantile(0.50), m.hist.quantile(0.99), m.usecPerDecision(), m.batchSize())
+		client, redis := m.cores()
+		fmt.Fprintf(w, "| %s | %s | %.0f | %v | %v | %.2f | %.1f | %.2f + %.2f |\n", m.workload, m.contender, m.perSecond(),
+			m.hist.quantile(0.50), m.hist.quantile(0.99), m.usecPerDecision(), m.batchSize(), client, redis)
 	}
 
 	fmt.Fprintln(w, "\n| contender | bytes per idle key (MEMORY USAGE) |")

@@ -67,7 +67,17 @@ type measurement struct {
 	elapsed                   time.Duration
 	hist                      *histogram
 	redisCalls, redisUsec     int64
-	errors                    int64
+	// clientCPU and redisCPU are the CPU time the bench process and the
+	// Redis process used while it ran (getrusage; INFO cpu).
+	clientCPU, redisCPU time.Duration
+	errors              int64
+}
+
+// cores is how many CPUs the client and Redis kept busy on average: with
+// both below what the machine has, throughput is bound by round trips and
+// wake-ups, not by either side's CPU.
+func (m *measurement) cores() (client, redis float64) {
+	return m.clientCPU.Seconds() / m.elapsed.Seconds(), m.redisCPU.Seconds() / m.elapsed.Seconds()
 }
 
 func (m *measurement) perSecond() float64 { return float64(m.calls) / m.elapsed.Seconds() }
@@ -123,13 +133,24 @@ func load(ctx context.Context, cfg config, keys []string, allow func(context.Con
 	}
 }
 
-// measure runs load and adds the script calls and Redis time it cost,
-// from INFO commandstats reset before it, to m.
+// measure runs load and adds to m the script calls and Redis time it cost,
+// from INFO commandstats reset before it, and the CPU both processes used.
 func measure(ctx context.Context, cfg config, rc rueidis.Client, keys []string, allow func(context.Context, string) error, m *measurement) error {
 	if err := resetStats(ctx, rc); err != nil {
 		return err
 	}
+	redis0, err := redisCPU(ctx, rc)
+	if err != nil {
+		return err
+	}
+	client0 := clientCPU()
 	load(ctx, cfg, keys, allow, m)
+	m.clientCPU += clientCPU() - client0
+	redis1, err := redisCPU(ctx, rc)
+	if err != nil {
+		return err
+	}
+	m.redisCPU += redis1 - redis0
 	calls, usec, err := commandStats(ctx, rc)
 	m.redisCalls += calls
 	m.redisUsec += usec
