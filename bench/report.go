@@ -25,6 +25,15 @@ func (c check) ok() bool {
 	return c.got <= c.bound
 }
 
+// measured is the ratio to two decimals, or three where two would round it
+// onto its bound and hide which side it is on.
+func (c check) measured() string {
+	if got := fmt.Sprintf("%.2f", c.got); got != fmt.Sprintf("%.2f", c.bound) || c.got == c.bound {
+		return got
+	}
+	return fmt.Sprintf("%.3f", c.got)
+}
+
 func (c check) needed() string {
 	if c.atLeast {
 		return fmt.Sprintf(">= %.2f", c.bound)
@@ -79,7 +88,7 @@ func printChecks(w io.Writer, checks []check, what string) int {
 		if !c.info {
 			counted++
 		}
-		fmt.Fprintf(w, "| %s | %.2f | %s | %s |\n", c.what, c.got, c.needed(), verdict)
+		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", c.what, c.measured(), c.needed(), verdict)
 	}
 	fmt.Fprintf(w, "\n%d of %d %s failed\n", failed, counted, what)
 	return failed
