@@ -49,6 +49,9 @@ type contender struct {
 	// memKey makes the contender write state for key and returns the Redis
 	// key it wrote ("" when it writes nothing).
 	memKey func(ctx context.Context, key string) (string, error)
+	// fill takes half the burst on key, so that it holds state with room
+	// left (nil: the contender keeps no state).
+	fill func(ctx context.Context, key string) error
 }
 
 const (
@@ -75,6 +78,10 @@ func contenders(rc rueidis.Client, gr *redis.Client, prefix string, period time.
 			memKey: func(ctx context.Context, key string) (string, error) {
 				_, err := rr.Allow(ctx, key, rrLimit)
 				return "rate:" + key, err
+			},
+			fill: func(ctx context.Context, key string) error {
+				_, err := rr.AllowN(ctx, prefix+key, rrLimit, rate/2)
+				return err
 			}},
 	}
 	lim := luarate.New(rc, luarate.WithPrefix(prefix))
@@ -96,6 +103,10 @@ func contenders(rc rueidis.Client, gr *redis.Client, prefix string, period time.
 					return "", err
 				}
 				return findKey(ctx, rc, "rl:{"+key+"}:*")
+			},
+			fill: func(ctx context.Context, key string) error {
+				_, err := single.AllowN(ctx, key, limit, rate/2)
+				return err
 			}})
 		out = append(out, contender{name: "luarate " + a.String() + unbatched, algo: a.String(), unbatched: true,
 			allow: func(ctx context.Context, key string) error {

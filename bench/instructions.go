@@ -63,6 +63,7 @@ const (
 type instrResult struct {
 	contender, algo, workload string
 	concurrent                bool // callers at once, so luarate batches
+	filled                    bool // on keys holding state: reported, not a target
 	perCall                   float64
 	perScript                 float64 // decisions per script call
 }
@@ -192,15 +193,29 @@ func instructions(ctx context.Context, keys, calls int) ([]instrResult, error) {
 				if c.unbatched || (concurrent && c.name == noop) {
 					continue // alone, batched and unbatched calls are the same calls
 				}
-				r, err := countInstructions(ctx, cg, rc, c, w, calls, concurrent)
+				r, err := countInstructions(ctx, cg, rc, c, w, calls, concurrent, false)
 				if err != nil {
 					return nil, err
 				}
 				out = append(out, r)
 			}
 		}
-		if len(w.keys) > 1 {
-			r, err := countFloorBatch(ctx, cg, rc, w, calls)
+		if len(w.keys) == 1 {
+			continue
+		}
+		r, err := countFloorBatch(ctx, cg, rc, w, calls)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+		// The same keys holding state, as they do under a limit whose
+		// keys outlive the time between two requests: each decision reads,
+		// checks and rewrites a state instead of writing a new one.
+		for _, c := range cs {
+			if c.unbatched || c.fill == nil && c.name != floor { // (the floor writes state as it goes)
+				continue
+			}
+			r, err := countInstructions(ctx, cg, rc, c, w, calls, true, true)
 			if err != nil {
 				return nil, err
 			}
@@ -253,8 +268,8 @@ func emptied(ctx context.Context, rc rueidis.Client) error {
 
 // countInstructions counts what Redis executes for calls decisions of c on
 // w: one at a time, or from instrGoroutines callers at once, on an emptied
-// server.
-func countInstructions(ctx context.Context, cg *callgrind, rc rueidis.Client, c contender, w workload, calls int, concurrent bool) (instrResult, error) {
+// server; with filled, on keys that each hold state with room left.
+func countInstructions(ctx context.Context, cg *callgrind, rc rueidis.Client, c contender, w workload, calls int, concurrent, filled bool) (instrResult, error) {
 	if err := emptied(ctx, rc); err != nil {
 		return instrResult{}, err
 	}
@@ -263,11 +278,21 @@ func countInstructions(ctx context.Context, cg *callgrind, rc rueidis.Client, c 
 			return instrResult{}, fmt.Errorf("%s: %w", c.name, err)
 		}
 	}
+	name := w.name
+	if filled {
+		name += " holding state"
+		// half the burst, so a bucket's state lives half the 100 s period:
+		// longer than this and the count take under valgrind
+		for i := 0; i < calls && c.fill != nil; i++ {
+			if err := c.fill(ctx, w.key(i)); err != nil {
+				return instrResult{}, fmt.Errorf("%s: %w", c.name, err)
+			}
+		}
+	}
 	if err := resetStats(ctx, rc); err != nil {
 		return instrResult{}, err
 	}
 	goroutines := 1
-	name := w.name
 	if concurrent {
 		goroutines = instrGoroutines
 		name += fmt.Sprintf(", %d callers", goroutines)
@@ -303,5 +328,5 @@ func countInstructions(ctx context.Context, cg *callgrind, rc rueidis.Client, c 
 	if !concurrent && evals < int64(calls) {
 		return instrResult{}, fmt.Errorf("%s: %d script calls counted, expected %d", c.name, evals, calls)
 	}
-	return instrResult{contender: c.name, algo: c.algo, workload: name, concurrent: concurrent, perCall: float64(n) / float64(calls), perScript: float64(calls) / float64(max(evals, 1))}, nil
+	return instrResult{contender: c.name, algo: c.algo, workload: name, concurrent: concurrent, filled: filled, perCall: float64(n) / float64(calls), perScript: float64(calls) / float64(max(evals, 1))}, nil
 }

@@ -190,7 +190,7 @@ func reportInstructions(w io.Writer, counts []instrResult) int {
 			bound = 0.4 // batched: per decision
 		}
 		checks = append(checks, check{what: fmt.Sprintf("%s, %s: Redis instructions / redis_rate's", c.contender, c.workload),
-			got: c.perCall / rr, bound: bound, info: c.concurrent && !core[c.algo]})
+			got: c.perCall / rr, bound: bound, info: c.concurrent && !core[c.algo] || c.filled})
 	}
 	return printChecks(w, checks, "instruction targets")
 }
