@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "dd79dd41a68651f9ea3def3942f48a4d99b52d2e",
-		"fixed_window v3":           "cad8806ee831fbf30dc6a4c44c644eb9ae26e371",
-		"gcra v3":                   "38c41fd48aa2dd757f31a8cc52a97942f2ca4e19",
-		"leaky_bucket v3":           "07e5529fb0d1fc7ac3c2ac236ada1364c6f873e9",
-		"leaky_queue v3":            "269e989db8d18007b524320467f5831812ec3259",
-		"sliding_window_counter v3": "90fe0849c6877dff82132925eb7ac944c2b709e6",
+		"fixed_window v3":           "21d87f9c4be8af6df946878802bd2d5a2660bb72",
+		"gcra v3":                   "e60f2bf4583c48b34cc54302c7b743047f17d163",
+		"leaky_bucket v3":           "dbc7eb0afe08000f6da3eed701daa84bb2cd6d86",
+		"leaky_queue v3":            "625b1d57682a94e162b7c2b36c8054597018075e",
+		"sliding_window_counter v3": "02716a4c0f19899c0a97218b74657622cd67f660",
 		"sliding_window_log v3":     "9ae1f1c7dee2762550ce609a363fcf49becd8ff4",
-		"token_bucket v3":           "f0c0a4493a0383ba5bb7df13da7c6b0ef7d7a45f",
+		"token_bucket v3":           "e33e67b5abef679beb7ec3daf4db05639852c5b7",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

@@ -9,33 +9,51 @@ import (
 )
 
 // sharedRegion returns the lines of src from the line starting with
-// "-- luarate shared: <name>" to the next "-- luarate shared: end" line,
-// both included, or "" when src has no such region.
+// "-- luarate shared: <name>" (after its indentation) to the next
+// "-- luarate shared: end" line, both included, or "" when src has no such
+// region.
 func sharedRegion(t *testing.T, script, src, name string) string {
 	t.Helper()
-	start := strings.Index(src, "\n-- luarate shared: "+name)
+	lines := strings.Split(src, "\n")
+	start, count := -1, 0
+	for i, line := range lines {
+		if strings.HasPrefix(strings.TrimSpace(line), "-- luarate shared: "+name+" ") {
+			count++
+			if start < 0 {
+				start = i
+			}
+		}
+	}
 	if start < 0 {
 		return ""
 	}
-	rest := src[start+1:]
-	end := strings.Index(rest, "\n-- luarate shared: end\n")
-	require.GreaterOrEqual(t, end, 0, "%s: shared %s region has no end", script, name)
-	region := rest[:end+len("\n-- luarate shared: end")]
-	require.Equal(t, 1, strings.Count(src, "\n-- luarate shared: "+name), "%s: one shared %s region", script, name)
-	return region
+	require.Equal(t, 1, count, "%s: one shared %s region", script, name)
+	for i := start + 1; i < len(lines); i++ {
+		if strings.TrimSpace(lines[i]) == "-- luarate shared: end" {
+			return strings.Join(lines[start:i+1], "\n")
+		}
+	}
+	require.Fail(t, "no end", "%s: shared %s region has no end", script, name)
+	return ""
 }
 
-// TestSharedRegionsIdentical: the pending, plain, prelude and entry regions are byte for
-// byte the same in every limiter script (and in concurrency.lua, if it marks
-// copies of them), so a fix made in one is made in all.
+// TestSharedRegionsIdentical: the pending, plain, prelude and entry regions
+// are byte for byte the same in every limiter script (and in concurrency.lua,
+// if it marks copies of them), and the fast read and fast write regions in
+// every fast that keeps its state in a string (all but sliding_window_log's),
+// so a fix made in one is made in all.
 func TestSharedRegionsIdentical(t *testing.T) {
-	for _, name := range []string{"pending", "plain", "prelude", "entry"} {
+	for _, name := range []string{"pending", "plain", "prelude", "entry", "fast read", "fast write"} {
 		want := sharedRegion(t, "gcra", scripts["gcra"].Source, name)
 		require.NotEmpty(t, want, "gcra.lua has no shared %s region", name)
 		for _, s := range Scripts() {
 			got := sharedRegion(t, s.Name, s.Source, name)
-			if s.Name == "concurrency" && got == "" {
+			switch {
+			case s.Name == "concurrency" && got == "":
 				continue // it marks only what it shares
+			case strings.HasPrefix(name, "fast ") && !strings.Contains(s.Source, "\nlocal string_state = true\n"):
+				require.Empty(t, got, "%s.lua keeps no string state, yet marks a %s region", s.Name, name)
+				continue
 			}
 			require.Equal(t, want, got, "%s.lua's shared %s region differs from gcra.lua's", s.Name, name)
 		}

@@ -132,12 +132,14 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
       return nil -- a peek writes nothing that would tell them apart
     end
   end
+  -- luarate shared: fast read (the same in every fast that keeps a string)
   if stored == nil then
     stored = redis.pcall('GET', key)
     if pending then
       pending[key] = stored -- later requests on this key read it here
     end
   end
+  -- luarate shared: end
   local count, first
   if stored and not stored.err then -- a string (an error reply is a table with err)
     count, first = string.match(stored, '^fw3 (%d+) (%d+)$')
@@ -169,6 +171,7 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
   local r = {1, rate, rate - count, count > 0 and rest or 0, 0, 0, c}
   if c > 0 then
     local value, px = string.format('fw3 %d %d', count, first), string.format('%d', rest)
+    -- luarate shared: fast write (the same in every fast that keeps a string)
     if not pending then
       redis.call('SET', key, value, 'PX', px)
     elseif stored == false then -- NX: written only if none, so never over a key of another type
@@ -182,6 +185,7 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
     else
       pending[key], pending_px[key] = value, px
     end
+    -- luarate shared: end
   end
   return r
 end

@@ -143,12 +143,14 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
       return nil -- a peek writes nothing that would tell them apart
     end
   end
+  -- luarate shared: fast read (the same in every fast that keeps a string)
   if stored == nil then
     stored = redis.pcall('GET', key)
     if pending then
       pending[key] = stored -- later requests on this key read it here
     end
   end
+  -- luarate shared: end
   local tat = stored and not stored.err and string.match(stored, '^gcra3 (%d+)$') -- (an error reply is a table with err)
   if not (tat or not stored) then
     return nil
@@ -173,6 +175,7 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
   local r = {1, burst, (room - room % interval) / interval, reset, 0, 0, c}
   if c > 0 then
     local value, px = string.format('gcra3 %d', new_tat), string.format('%d', reset)
+    -- luarate shared: fast write (the same in every fast that keeps a string)
     if not pending then
       redis.call('SET', key, value, 'PX', px)
     elseif stored == false then -- NX: written only if none, so never over a key of another type
@@ -186,6 +189,7 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
     else
       pending[key], pending_px[key] = value, px
     end
+    -- luarate shared: end
   end
   return r
 end

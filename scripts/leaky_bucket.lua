@@ -153,12 +153,14 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
       return nil -- a peek writes nothing that would tell them apart
     end
   end
+  -- luarate shared: fast read (the same in every fast that keeps a string)
   if stored == nil then
     stored = redis.pcall('GET', key)
     if pending then
       pending[key] = stored -- later requests on this key read it here
     end
   end
+  -- luarate shared: end
   local level, updated
   if stored and not stored.err then -- a string (an error reply is a table with err)
     level, updated = string.match(stored, '^lb3 (%d+) (%d+)$')
@@ -207,6 +209,7 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
   local r = {1, burst, (free - free % unit) / unit, reset, 0, 0, c}
   if c > 0 then
     local value, px = string.format('lb3 %d %d', level, updated), string.format('%d', reset)
+    -- luarate shared: fast write (the same in every fast that keeps a string)
     if not pending then
       redis.call('SET', key, value, 'PX', px)
     elseif stored == false then -- NX: written only if none, so never over a key of another type
@@ -220,6 +223,7 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
     else
       pending[key], pending_px[key] = value, px
     end
+    -- luarate shared: end
   end
   return r
 end
