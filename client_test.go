@@ -123,7 +123,7 @@ func TestEveryWrittenKeyHasATTL(t *testing.T) {
 				pttl := b.pttl(t, keys[0])
 				// the TTL is the time the state matters: until full again, or
 				// until the window ends
-				require.LessOrEqual(t, pttl, res.ResetAfter)
+				require.LessOrEqual(t, pttl, res.ResetAfter+time.Duration(ttlSlack(algo.String()))*time.Millisecond)
 				require.Greater(t, pttl, res.ResetAfter-time.Second)
 			})
 		}
@@ -412,13 +412,13 @@ func TestScripts(t *testing.T) {
 // update the pin.
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
-		"concurrency v3":            "dd79dd41a68651f9ea3def3942f48a4d99b52d2e",
+		"concurrency v3":            "4261641b185ba61c4d22fae2df1a9b0002bd39a0",
 		"fixed_window v3":           "21d87f9c4be8af6df946878802bd2d5a2660bb72",
 		"gcra v3":                   "e60f2bf4583c48b34cc54302c7b743047f17d163",
 		"leaky_bucket v3":           "dbc7eb0afe08000f6da3eed701daa84bb2cd6d86",
 		"leaky_queue v3":            "625b1d57682a94e162b7c2b36c8054597018075e",
 		"sliding_window_counter v3": "02716a4c0f19899c0a97218b74657622cd67f660",
-		"sliding_window_log v3":     "9ae1f1c7dee2762550ce609a363fcf49becd8ff4",
+		"sliding_window_log v3":     "58930a48a258591e8ce7ad2999048237eaa89835",
 		"token_bucket v3":           "e33e67b5abef679beb7ec3daf4db05639852c5b7",
 	}
 	got := map[string]string{}

@@ -120,3 +120,13 @@ func limiterNames() []string {
 	}
 	return out
 }
+
+// ttlSlack is how many ms longer than reset_after a script's TTL is: the
+// sorted-set scripts add 1, so that Redis 7.0's PEXPIRE never deletes a key
+// at once (see sliding_window_log.lua, State).
+func ttlSlack(script string) int64 {
+	if script == "sliding_window_log" || script == "concurrency" {
+		return 1
+	}
+	return 0
+}

@@ -14,8 +14,10 @@
 -- set, a set without that member, another type) is refused with an error and
 -- left untouched. A lease holds while now < expiry. A write adds or moves
 -- lease_id's lease first (a call refused for memory changes nothing), then
--- removes the expired leases; TTL = until the latest lease expires (a set with
--- no lease left is deleted). Memory: O(max) entries per key, max capped so
+-- removes the expired leases; TTL = until the latest lease expires, plus 1
+-- ms: Redis 7.0 and earlier delete a key at once when their millisecond
+-- clock turns during a PEXPIRE of 1 ms, and with it leases that still hold
+-- (a set with no lease left is deleted). Memory: O(max) entries per key, max capped so
 -- that no call removes more than 1000 leases. A clock that goes back keeps
 -- every lease until its expiry; a lease is never shortened by acquire or extend.
 --
@@ -208,7 +210,7 @@ local function run()
     end
   end
   if held > 0 then
-    redis.call('PEXPIRE', key, string.format('%d', latest - now))
+    redis.call('PEXPIRE', key, string.format('%d', latest - now + 1)) -- (+ 1: see TTL under State)
   end
   return {1, max, held < max and max - held or 0, latest - now, 0, 0, granted}
 end

@@ -37,7 +37,9 @@
 -- call removes more than cost entries from a log (a refund that empties the
 -- window unlinks the key instead: Redis frees it in the background). A
 -- denial writes nothing but a new lock. TTL = until the newest entry leaves
--- the window, or the lock if later.
+-- the window, or the lock if later, plus 1 ms: Redis 7.0 and earlier delete
+-- a key at once when their millisecond clock turns during a PEXPIRE of 1 ms,
+-- and with it entries that still count.
 --
 -- KEYS[i]     state key of limit i, i = 1..N, N <= 16. All keys of one call
 --             must share a hash slot in Redis Cluster (give them one {hash
@@ -189,7 +191,7 @@ local function fast(key, spec, c, now, pending, pending_px)
           end
           redis.call('ZADD', key, unpack(args)) -- first: refused for memory, it changes nothing
           local reset = math.ceil((at + span - now) / 1000)
-          redis.call('PEXPIRE', key, string.format('%d', reset))
+          redis.call('PEXPIRE', key, string.format('%d', reset + 1)) -- (+ 1: see TTL under State)
           if stale > 0 then
             redis.call('ZREMRANGEBYRANK', key, 0, (stale < c and stale or c) - 1)
           end
@@ -503,7 +505,7 @@ local function decide(k, n, a, cost, how, now, stored)
   for i = 1, n do
     local w = lims[i].plan
     if w and w.ttl > 0 then
-      redis.call('PEXPIRE', lims[i].key, string.format('%d', w.ttl))
+      redis.call('PEXPIRE', lims[i].key, string.format('%d', w.ttl + 1)) -- (+ 1: see TTL under State)
     end
   end
   for i = 1, n do
