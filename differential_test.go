@@ -23,7 +23,7 @@ import (
 //
 // By default each script replays 100 sequences of 25 steps on real Redis and
 // 12 on miniredis; LUARATE_FUZZ=k runs k times as many.
-var seedFlag = flag.Int64("seed", 0, "replay one differential sequence by its seed")
+var seedFlag = flag.Int64("seed", 0, "replay one differential sequence or property run by its seed")
 
 func fuzzScale() int {
 	if k, err := strconv.Atoi(os.Getenv("LUARATE_FUZZ")); err == nil && k > 0 {

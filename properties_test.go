@@ -89,6 +89,9 @@ func TestProperties(t *testing.T) {
 			t.Parallel()
 			eachBackend(t, func(t *testing.T, b backend) {
 				seed := time.Now().UnixNano()
+				if *seedFlag != 0 {
+					seed = *seedFlag // replay: go test -run 'TestProperties/<algorithm>/<backend>' -seed <seed>
+				}
 				r := rand.New(rand.NewSource(seed))
 				defer func() {
 					if t.Failed() {
@@ -177,6 +180,7 @@ func propertyRun(t *testing.T, b backend, r *rand.Rand, lim Limit, key string, s
 		default:
 			s.now += r.Int63n(min(2*p, 1e9))
 		}
+		s.now = min(s.now, horizon) // (long runs, LUARATE_FUZZ: time stops there)
 		n := 1
 		if r.Intn(3) == 0 {
 			n = 1 + r.Intn(maxCost)
