@@ -2,10 +2,8 @@ package luarate
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -115,14 +113,6 @@ func bothPaths(t *testing.T, b backend, script, fast, general, lim string, tail 
 	res := c.DoMulti(ctx, cmds...)
 	out, err := res[len(res)-1].ToArray()
 	require.NoError(t, err)
-	ms := func(m rueidis.RedisMessage) int64 {
-		tm, err := m.AsStrSlice()
-		require.NoError(t, err)
-		sec, err1 := strconv.ParseInt(tm[0], 10, 64)
-		usec, err2 := strconv.ParseInt(tm[1], 10, 64)
-		require.NoError(t, errors.Join(err1, err2))
-		return sec*1000 + usec/1000
-	}
 	for i := range keys {
 		reply, err := out[1+3*i].AsIntSlice()
 		require.NoError(t, err, script)
@@ -134,7 +124,7 @@ func bothPaths(t *testing.T, b backend, script, fast, general, lim string, tail 
 		require.NoError(t, err)
 		got[i] = fmt.Sprint(reply, " ", v, " ttl ", ttl)
 	}
-	return got, ms(out[0]) == ms(out[len(out)-1])
+	return got, micros(t, out[0])/1000 == micros(t, out[len(out)-1])/1000
 }
 
 // stateOf is a reply with its key's value and TTL in ms, as one string.
