@@ -341,7 +341,8 @@ func evalAndPersist(t *testing.T, b backend, script string, keys, args []string)
 		if got, err = replies[n+1].AsIntSlice(); err != nil {
 			t.Fatalf("%s reply is not integers: %v", script, err)
 		}
-		ttls, gone := ttls[:0], false
+		ttls = ttls[:0]
+		gone := false
 		for _, r := range replies[n+2 : 2*n+2] {
 			ttl, err := r.AsInt64()
 			if err != nil {
@@ -353,10 +354,11 @@ func evalAndPersist(t *testing.T, b backend, script string, keys, args []string)
 			return got, ttls, ""
 		}
 		for i, k := range full { // a stall: back to the state before the call, and again
-			before, err := replies[i].ToString()
-			restore := b.client.B().Del().Key(k).Build()
-			if err == nil {
+			var restore rueidis.Completed
+			if before, err := replies[i].ToString(); err == nil {
 				restore = b.client.B().Restore().Key(k).Ttl(0).SerializedValue(before).Replace().Build()
+			} else {
+				restore = b.client.B().Del().Key(k).Build() // there was none
 			}
 			if err := b.client.Do(ctx, restore).Error(); err != nil {
 				t.Fatal(err)
