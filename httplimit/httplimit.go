@@ -32,9 +32,12 @@
 // default, WithTimeout), the request is served anyway (fail open): a limiter
 // outage should not become an API outage. The error is logged with log/slog
 // and passed to the observer, never swallowed. WithFailClosed answers 503
-// with Retry-After: 1 and a JSON body instead. A bad limit or a key
-// function's error is a bug in the setup, not an outage: those get 500 under
-// either policy. Refuse (a key function) gets 401.
+// with Retry-After: 1 and a JSON body instead. A bad limit, a key
+// function's error, a Redis user without a permission the scripts need
+// (luarate.ErrNoPermission) or a key holding a value the scripts did not
+// write is a bug in the setup, not an outage: those get 500 under either
+// policy, so a setup error never leaves an API silently unlimited. Refuse (a
+// key function) gets 401.
 //
 // The third policy lives in the Limiter, so every caller of it gets it:
 // with insurance.With (package luarate/insurance), a Redis failure or timeout is decided on an
@@ -60,8 +63,11 @@ import (
 	"github.com/luarate/luarate"
 )
 
-// ErrUnavailable wraps every error from Redis (including a timeout): the
-// limiter could not decide. Error handlers can test for it with errors.Is.
+// ErrUnavailable wraps the errors that mean Redis made no decision
+// (luarate.ErrUnavailable: down, unreachable, slower than the decision
+// timeout, out of memory, a replica...): the limiter could not decide, and
+// the request fails open or closed. Error handlers can test for it with
+// errors.Is.
 var ErrUnavailable = errors.New("rate limiter unavailable")
 
 // ErrNoKey means the key function found nothing to limit by.
@@ -77,7 +83,7 @@ const (
 	FailedOpen   Outcome = "failed_open"   // Redis failed; served anyway
 	FailedClosed Outcome = "failed_closed" // Redis failed; 503
 	Refused      Outcome = "refused"       // the key function refused the request (ErrRefused); 401
-	Error        Outcome = "error"         // bad key, cost or limit; 500
+	Error        Outcome = "error"         // a setup error: bad key, cost or limit, a Redis user without the scripts' permissions, a foreign value at the key; 500
 )
 
 // Decision is what the observer hears about each request that was not exempt.
@@ -341,8 +347,8 @@ func (w *statusWriter) Flush() { _ = http.NewResponseController(w.ResponseWriter
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// decide asks Redis under the decision timeout. Errors that are not about
-// the key, cost or limits wrap ErrUnavailable.
+// decide asks Redis under the decision timeout. Errors that mean Redis made
+// no decision wrap ErrUnavailable; any other is a setup error.
 func (c *config) decide(ctx context.Context, l *luarate.Limiter, key string, limits []luarate.Limit, cost int) (luarate.Result, time.Duration, error) {
 	if c.timeout > 0 {
 		var cancel context.CancelFunc
@@ -352,7 +358,7 @@ func (c *config) decide(ctx context.Context, l *luarate.Limiter, key string, lim
 	start := time.Now()
 	res, err := l.AllowMulti(ctx, c.scope+":"+key, cost, limits...)
 	latency := time.Since(start)
-	if err != nil && !errors.Is(err, luarate.ErrInvalidLimit) && !errors.Is(err, luarate.ErrInvalidRequest) {
+	if errors.Is(err, luarate.ErrUnavailable) {
 		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return res, latency, err
@@ -370,7 +376,7 @@ func denyJSON(w http.ResponseWriter, _ *http.Request, res luarate.Result) {
 
 // errorJSON is the default answer when there is no decision: 503 when Redis
 // failed (fail closed), 401 when the key function refused the request, 500
-// for a bad key, cost or limit.
+// for a setup error.
 func errorJSON(w http.ResponseWriter, _ *http.Request, err error) {
 	switch {
 	case errors.Is(err, ErrUnavailable):

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -211,6 +212,56 @@ func TestBadKeyOrLimitIs500(t *testing.T) {
 			httplimit.WithObserver(obs.observe), httplimit.WithLogger(logger))(ok)
 		assert.Equal(t, 500, get(badLimit, "192.0.2.1:1").Code, "a bad limit is never silently unlimited, even failing open")
 		assert.ErrorIs(t, obs.last(t).Err, luarate.ErrInvalidLimit)
+	})
+}
+
+// A Redis that answers, but refuses the scripts, is a setup error, not an
+// outage: 500 under either policy, never served unlimited. A key holding a
+// value the scripts did not write (on both backends), and a Redis user
+// without EVALSHA (on real Redis).
+func TestSetupErrorsAre500(t *testing.T) {
+	check := func(t *testing.T, l *luarate.Limiter, want error) {
+		t.Helper()
+		for _, opts := range [][]httplimit.Option{nil, {httplimit.WithFailClosed()}} {
+			var obs recorder
+			var logs logBuffer
+			h := middleware(l, luarate.PerSecond(luarate.GCRA, 10), append(opts, httplimit.WithScope("setup"), httplimit.WithObserver(obs.observe),
+				httplimit.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))...)(ok)
+			w := get(h, "192.0.2.1:1")
+			assert.Equal(t, 500, w.Code, "a setup error is never served unlimited, nor taken for an outage")
+			assert.JSONEq(t, `{"error":"rate limiting is misconfigured"}`, w.Body.String())
+			d := obs.last(t)
+			assert.Equal(t, httplimit.Error, d.Outcome)
+			assert.NotErrorIs(t, d.Err, httplimit.ErrUnavailable)
+			assert.ErrorContains(t, d.Err, want.Error())
+			assert.Contains(t, logs.String(), "outcome=error")
+		}
+	}
+	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
+		l := luarate.New(client, luarate.WithPrefix(prefix))
+		h := middleware(l, luarate.PerSecond(luarate.GCRA, 10), httplimit.WithScope("setup"))(ok)
+		require.Equal(t, 200, get(h, "192.0.2.1:1").Code)
+		ctx := context.Background()
+		keys, err := client.Do(ctx, client.B().Keys().Pattern(prefix+"*").Build()).AsStrSlice()
+		require.NoError(t, err)
+		require.Len(t, keys, 1)
+		require.NoError(t, client.Do(ctx, client.B().Set().Key(keys[0]).Value("another app's value").Px(time.Minute).Build()).Error())
+		check(t, l, errors.New("did not write"))
+	})
+	t.Run("no permission", func(t *testing.T) {
+		if realAddr == "" {
+			t.Skip("SKIPPED: no real Redis (install redis-server)")
+		}
+		s, err := redistest.Start()
+		require.NoError(t, err)
+		t.Cleanup(s.Stop)
+		_, err = redistest.Command(s.Addr, "ACL", "SETUSER", "noscripts", "on", ">pw", "~*", "+@all", "-evalsha", "-eval")
+		require.NoError(t, err)
+		c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{s.Addr}, Username: "noscripts", Password: "pw",
+			DisableCache: true, ForceSingleClient: true})
+		require.NoError(t, err)
+		t.Cleanup(c.Close)
+		check(t, luarate.New(c), luarate.ErrNoPermission)
 	})
 }
 
