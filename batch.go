@@ -14,10 +14,10 @@ import (
 // Coalesced batches. Each script call costs Redis a fixed price (parsing the
 // call, TIME, the reply) on top of the decision itself, so when decisions
 // queue up, sending many of them as one call is most of what Redis can save.
-// A call goes out at once when no call of its lane (one script; in Redis
-// Cluster one script and one hash slot) is in flight, so a lone caller waits
-// for nothing. Calls that arrive while one is in flight wait for it, then go
-// together as one script call in the scripts' batch form, which decides each
+// A call goes out at once while fewer than maxInFlight calls of its lane (one
+// script; in Redis Cluster one script and one hash slot) are in flight, so a
+// lone caller waits for nothing. Calls that arrive while maxInFlight are in
+// flight wait for one to return, then go together as one script call in the scripts' batch form, which decides each
 // alone, in arrival order, exactly as the plain form would. A bad request in a
 // batch fails alone; a Redis that does not answer fails the whole batch.
 
