@@ -414,7 +414,7 @@ func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "4261641b185ba61c4d22fae2df1a9b0002bd39a0",
 		"fixed_window v3":           "21d87f9c4be8af6df946878802bd2d5a2660bb72",
-		"gcra v3":                   "e60f2bf4583c48b34cc54302c7b743047f17d163",
+		"gcra v3":                   "e122c11ff7b028377a4b0160197b714b9155a134",
 		"leaky_bucket v3":           "dbc7eb0afe08000f6da3eed701daa84bb2cd6d86",
 		"leaky_queue v3":            "625b1d57682a94e162b7c2b36c8054597018075e",
 		"sliding_window_counter v3": "02716a4c0f19899c0a97218b74657622cd67f660",

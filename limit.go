@@ -103,7 +103,8 @@ func (l Limit) Validate() error {
 		}
 		interval := (ms*1000 + int64(l.Rate) - 1) / int64(l.Rate)
 		if float64(l.Capacity())*float64(interval) > 4e15 {
-			return bad("burst * period / rate must be at most 4e12ms")
+			return bad("gcra needs burst * period / rate, with period / rate rounded up to whole microseconds, at most 4e12ms: %d * %dµs is %.0fµs",
+				l.Capacity(), interval, float64(l.Capacity())*float64(interval))
 		}
 	case SlidingWindowLog:
 		if l.Rate > maxLogRate {

@@ -85,7 +85,11 @@ func (b backend) foreignKeys(t *testing.T, now string) map[string]string {
 		held[s.Name] = k
 	}
 	for what, value := range map[string]string{"a string": "hello", "a number": "42", "an empty string": "",
-		"gcra v2's state": "1700000000250000", "a v3 state with a tail": "gcra3 1700000000350000 0 0"} {
+		"gcra v2's state": "1700000000250000", "a v3 state with a tail": "gcra3 1700000000350000 0 0",
+		// look-alikes of each string state with a number no script writes
+		"fw3 with 20 digits": "fw3 1 99999999999999999999", "tb3 with 20 digits": "tb3 99999999999999999999 1",
+		"gcra3 with 20 digits": "gcra3 99999999999999999999", "lb3 with 20 digits": "lb3 1 99999999999999999999",
+		"lq3 with 20 digits": "lq3 99999999999999999999 1", "swc3 with 20 digits": "swc3 1 1 99999999999999999999"} {
 		k := b.prefix + "{ts}:" + what
 		require.NoError(t, c.Do(ctx, c.B().Set().Key(k).Value(value).Px(time.Hour).Build()).Error())
 		held[what] = k

@@ -29,7 +29,9 @@
 --   rate        1..1e9 requests per period, at most 1000 per ms of period
 --   period_ms   1..1e12
 --   burst       0..1e9, how many may come at once; 0 = rate;
---               burst * period_ms / rate at most 4e12 ms
+--               burst * period_ms / rate at most 4e12 ms, with period_ms / rate
+--               rounded up to whole microseconds: burst * ceil(period_ms *
+--               1000 / rate) <= 4e15
 --   lockout_ms  0..1e12; 0 or missing = no lockout
 -- ARGV[N+1]   optional cost: 0..burst of every limit; 0 = peek (reads, never
 --             writes); missing = 1
@@ -61,8 +63,11 @@
 -- same order (at most 32 requests and 32 keys). Each request is decided
 -- alone, in order, exactly as the plain form would decide it; the reply is
 -- the concatenation of their 7-integer replies, or of one error in place of
--- the 7 integers for a request that is bad, or of one negative integer -j
--- for a reply that is the same as request j's (j < this request).
+-- the 7 integers for a request that is bad (its limits, cost or keys), or
+-- of one negative integer -j for a reply that is the same as request j's
+-- (j < this request). A batch whose shape is wrong (a request header, nkeys
+-- that do not add up, too many requests or keys) is refused whole with one
+-- error before anything is decided.
 -- ARGV[1] = "batch1" is the same batch of usual requests, each one key
 -- taken at cost 1, without headers: ARGV[2 + i] is the limit of KEYS[i].
 --
@@ -152,7 +157,7 @@ local function fast(key, spec, c, now, pending, pending_px, limits)
   end
   -- luarate shared: end
   local tat = stored and not stored.err and string.match(stored, '^gcra3 (%d+)$') -- (an error reply is a table with err)
-  if not (tat or not stored) then
+  if not (tat or not stored) or tat and #tat > 16 then
     return nil
   end
   if not now then
@@ -309,7 +314,7 @@ local function load(k, a, i, cost, now)
   local interval = math.ceil(period * 1000 / rate) -- T, in microseconds
   local tolerance = burst * interval
   if tolerance > 4e15 then
-    fail('ARGV[%d] burst * period_ms / rate must be at most 4e12 ms', a + i - 1)
+    fail('ARGV[%d] burst * ceil(period_ms * 1000 / rate) must be at most 4e15 (microseconds), got %.0f', a + i - 1, tolerance)
   end
   if cost > burst then
     fail('cost %.0f exceeds the capacity of limit %d (burst %.0f)', cost, i, burst)
