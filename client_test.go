@@ -413,13 +413,13 @@ func TestScripts(t *testing.T) {
 func TestScriptsArePinned(t *testing.T) {
 	pinned := map[string]string{
 		"concurrency v3":            "4261641b185ba61c4d22fae2df1a9b0002bd39a0",
-		"fixed_window v3":           "21d87f9c4be8af6df946878802bd2d5a2660bb72",
+		"fixed_window v3":           "d3d3c7a4890c747d996dcfa66306a18874bd4715",
 		"gcra v3":                   "e122c11ff7b028377a4b0160197b714b9155a134",
-		"leaky_bucket v3":           "dbc7eb0afe08000f6da3eed701daa84bb2cd6d86",
-		"leaky_queue v3":            "625b1d57682a94e162b7c2b36c8054597018075e",
-		"sliding_window_counter v3": "02716a4c0f19899c0a97218b74657622cd67f660",
-		"sliding_window_log v3":     "58930a48a258591e8ce7ad2999048237eaa89835",
-		"token_bucket v3":           "e33e67b5abef679beb7ec3daf4db05639852c5b7",
+		"leaky_bucket v3":           "4cca0d31a4378d57d8527569ad83e276f30e2679",
+		"leaky_queue v3":            "c57d1c76a5a0d1800ce4e46feff78e3b2c16a343",
+		"sliding_window_counter v3": "1625a8adbd7affc8d693e6c428077b46fd3a6a4d",
+		"sliding_window_log v3":     "567e7da9fe383743274d3cdd0bb976823780f314",
+		"token_bucket v3":           "6c9f27f07bd3a2f4633a5f1f0da67391df956538",
 	}
 	got := map[string]string{}
 	for _, s := range Scripts() {

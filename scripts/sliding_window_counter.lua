@@ -79,8 +79,11 @@
 -- same order (at most 32 requests and 32 keys). Each request is decided
 -- alone, in order, exactly as the plain form would decide it; the reply is
 -- the concatenation of their 7-integer replies, or of one error in place of
--- the 7 integers for a request that is bad, or of one negative integer -j
--- for a reply that is the same as request j's (j < this request).
+-- the 7 integers for a request that is bad (its limits, cost or keys), or
+-- of one negative integer -j for a reply that is the same as request j's
+-- (j < this request). A batch whose shape is wrong (a request header, nkeys
+-- that do not add up, too many requests or keys) is refused whole with one
+-- error before anything is decided.
 -- ARGV[1] = "batch1" is the same batch of usual requests, each one key
 -- taken at cost 1, without headers: ARGV[2 + i] is the limit of KEYS[i].
 --

@@ -80,11 +80,13 @@
 -- same order. Each request is decided alone, in order, exactly as the plain
 -- form would decide it; the reply is the concatenation of their 7-integer
 -- replies, or of one error in place of the 7 integers for a request that is
--- bad, or of one negative integer -j for a reply that is the same as request
--- j's (j < this request). A whole batch is capped like one call (not at the 32 requests and 32
--- keys of the other scripts): at most 16 limits (nkeys summed over its
--- requests) and 128 units (cost * nkeys, summed); a request that would go
--- over fails alone. ARGV[1] = "batch1" is the same batch of usual requests,
+-- bad (its limits, cost or keys), or of one negative integer -j for a reply
+-- that is the same as request j's (j < this request). A batch whose shape is
+-- wrong (a request header, nkeys that do not add up) is refused whole with
+-- one error before anything is decided. A whole batch is capped like one
+-- call (not at the 32 requests and 32 keys of the other scripts): at most 16
+-- limits (nkeys summed over its requests) and 128 units (cost * nkeys,
+-- summed); a request that would go over fails alone. ARGV[1] = "batch1" is the same batch of usual requests,
 -- each one key taken at cost 1, without headers: ARGV[2 + i] is the limit
 -- of KEYS[i].
 --
