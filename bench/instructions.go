@@ -54,11 +54,11 @@ end
 return out`
 
 // floorStateBatchScript is the floor of a batch on keys that hold state:
-// one MGET for the call, then for each key what a decision on a stored
-// state cannot avoid: read two integers from the string, format the new
-// state and its TTL, write them with SET PX, and reply seven integers. A
-// batched decision that reads and rewrites a string state cannot cost less
-// than this share of it.
+// one MGET for the call, then for each key what a decision on a state kept
+// as decimal text cannot avoid: read two integers from the string, format
+// the new state and its TTL, write them with SET PX, and reply seven
+// integers. A batched decision that reads and rewrites such a state cannot
+// cost less than this share of it.
 const floorStateBatchScript = `local t = redis.call('TIME')
 local now = t[1] * 1000 + (t[2] - t[2] % 1000) / 1000
 local got = redis.call('MGET', unpack(KEYS))
