@@ -6,7 +6,7 @@ import logging, os
 import redis
 from flask import Flask, jsonify, request
 from redis.exceptions import RedisError
-from luarate_flask import Limiter, denied, ip_key, parse_limits, set_headers, verified_api_key
+from luarate_flask import Limiter, denied, ip_key, parse_limits, set_headers, undecided, verified_api_key
 
 logging.basicConfig(level=logging.INFO)
 app = Flask(__name__)
@@ -81,6 +81,8 @@ def login():
             return denied(res, "too many login attempts from this address")
         res = limiter.hit(user_key, FAILURES, lockout_ms=3600000, algorithm=LOG)
     except RedisError as e:
+        if not undecided(e):
+            raise  # a setup error: a bug, not an outage
         return limiter.unavailable(user_key, e, fail_open=False)
     if not res.allowed:
         return denied(res, "too many failed logins for this user")

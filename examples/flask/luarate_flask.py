@@ -12,7 +12,8 @@ builds them, so a Go service limiting the same key shares the same limit.
 import functools, hashlib, ipaddress, logging, os, re, time
 from collections import namedtuple
 from flask import g, jsonify, make_response, request
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (AuthenticationError, AuthorizationError, ClusterDownError, ConnectionError, ReadOnlyError,
+                              RedisError, ResponseError, TimeoutError, TryAgainError)
 
 log = logging.getLogger("luarate")
 Result = namedtuple("Result", "allowed limit remaining reset_after_ms retry_after_ms")
@@ -133,13 +134,30 @@ def escape_braces(s):
     return re.sub(r"[%{}]", lambda m: "%{:02X}".format(ord(m[0])), s)
 
 
+# Redis's errors that mean it made no decision, as the Go client's ErrUnavailable:
+# full, a replica, too few replicas, failing over, loading, busy, a slot moving.
+UNDECIDED_CODES = ("OOM", "READONLY", "NOREPLICAS", "MASTERDOWN", "LOADING", "BUSY", "CLUSTERDOWN", "TRYAGAIN")
+
+
+def undecided(err):
+    """Whether err means Redis made no decision (down, too slow, full, a replica...):
+    fail open or closed then. Anything else, the script refusing a limit or a key, a
+    Redis user without the scripts' permissions, a wrong password, is a setup error."""
+    if isinstance(err, (AuthenticationError, AuthorizationError)):
+        return False
+    if isinstance(err, (ConnectionError, TimeoutError, ReadOnlyError, TryAgainError, ClusterDownError)):
+        return True  # (redis-py strips the code of the errors it has a class for)
+    return isinstance(err, ResponseError) and str(err).split(" ", 1)[0] in UNDECIDED_CODES
+
+
 def default_key():
     return g.get("luarate_key") or ip_key()
 
 
 class Limiter:
     """fail_open: serve requests when Redis cannot decide (the default, as the Go
-    middleware), or answer 503. algorithm: a script name from scripts_dir."""
+    middleware), or answer 503; a setup error is raised (a 500), never served
+    unlimited. algorithm: a script name from scripts_dir."""
 
     def __init__(self, redis_client, scripts_dir, prefix="rl:", fail_open=True, algorithm="gcra"):
         self.prefix, self.fail_open, self.algorithm = escape_braces(prefix), fail_open, algorithm
@@ -174,8 +192,8 @@ class Limiter:
                 try:
                     res = self.hit(k, fixed or cached(limits()), algorithm=algorithm)
                 except RedisError as e:
-                    if isinstance(e, ResponseError) and "luarate:" in str(e):
-                        raise  # the script refused the limit or key: a bug, not an outage
+                    if not undecided(e):
+                        raise  # a setup error (a bad limit or key, a missing permission): a bug, not an outage
                     return self.unavailable(k, e, self.fail_open if fail_open is None else fail_open,
                                             lambda: view(*args, **kwargs))
                 if not res.allowed:

@@ -299,6 +299,26 @@ def test_fail_closed_decorator():
           and len(lines) == 1 and "outcome=failed_closed key=public:ip:127.0.0.1" in lines[0], lines[0] if lines else "")
 
 
+def test_setup_error(port):
+    """A Redis user without EVALSHA is a setup error: the decorator raises (a 500) under
+    either policy, as the Go middleware answers 500, instead of serving unlimited."""
+    from flask import Flask
+    r = redis.Redis(port=port)
+    r.acl_setuser("noscripts", enabled=True, passwords=["+pw"], keys=["*"], categories=["+@all"],
+                  commands=["-evalsha", "-eval"])
+    scripts = os.path.join(ROOT, "scripts")
+    codes = []
+    for fail_open in (True, False):
+        a = Flask("setup")
+        limiter = Limiter(redis.Redis(port=port, username="noscripts", password="pw"), scripts, fail_open=fail_open)
+        a.get("/x")(limiter.limit("10/minute")(lambda: "ok"))
+        a.logger.disabled = True  # the traceback of the expected 500
+        codes.append(a.test_client().get("/x").status_code)
+    check("a Redis user without EVALSHA: 500 failing open or closed, never served unlimited", codes == [500, 500],
+          f"{codes}")
+    r.acl_deluser("noscripts")
+
+
 def compare_tutorials(base, r, window, rounds=5):
     print(f"\nThe tutorials' limiters and luarate: 10 per {window} s per IP, gunicorn -w 4, one Redis.")
     print(f"{rounds} rounds of 60 requests, 16 at a time (Redis emptied before each), then one client")
@@ -345,6 +365,7 @@ def main():
         _, _, tutorials = start_gunicorn(procs, "tutorial_limiters:app", {"REDIS_URL": url, "TUTORIAL_WINDOW": "2"})
         compare_tutorials(tutorials, r, 2)
         _, log, base = start_gunicorn(procs, "app:app", {"REDIS_URL": url, "API_KEYS": "key-b,key-c,key-d,key-e"})
+        test_setup_error(port)
         test_app(base, r, procs, redis_proc, port, log)
         test_fail_closed_decorator()
     except Exception as e:
