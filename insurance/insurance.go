@@ -199,15 +199,21 @@ const maxAttempts = 3
 var errFlapping = errors.New("luarate: insurance: Redis went away and came back during the call")
 
 // Reset resets the key in the insurance and in Redis. Under the insurance a
-// failing Redis is not an error.
+// failing Redis is not an error; after Close it is, as without insurance.
 func (ins *insurance) Reset(ctx context.Context, call luarate.Call, redis func(context.Context) error) error {
 	if err := ins.reset(ctx, call); err != nil {
 		return insuranceError("luarate: reset", err, nil)
 	}
-	if _, fallback, err := ins.viaRedis(ctx, redis); !fallback {
+	if _, fallback, err := ins.viaRedis(ctx, redis); !fallback || ins.isClosed() {
 		return err
 	}
 	return nil // Redis is unavailable: the key was reset in the insurance
+}
+
+func (ins *insurance) isClosed() bool {
+	ins.mu.Lock()
+	defer ins.mu.Unlock()
+	return ins.closed
 }
 
 // viaRedis runs call against Redis unless decisions are on the insurance, and
@@ -283,10 +289,12 @@ func (ins *insurance) down(gen uint64, err error) uint64 {
 	ins.decided.Store(0)
 	ins.gen.Add(1)
 	ins.on.Store(true)
-	ins.config.Logger.LogAttrs(context.Background(), slog.LevelWarn,
-		"luarate: Redis unavailable, deciding on the in-process insurance",
-		slog.Int("instances", ins.config.Instances), slog.Duration("retry", ins.config.Retry),
-		slog.Any("error", err))
+	if !ins.closed { // closed: no decision moves to the insurance, so nothing to say
+		ins.config.Logger.LogAttrs(context.Background(), slog.LevelWarn,
+			"luarate: Redis unavailable, deciding on the in-process insurance",
+			slog.Int("instances", ins.config.Instances), slog.Duration("retry", ins.config.Retry),
+			slog.Any("error", err))
+	}
 	return ins.gen.Load()
 }
 
@@ -306,10 +314,11 @@ func (ins *insurance) up(gen uint64) {
 	}
 	ins.gen.Add(1)
 	ins.on.Store(false)
-	if !ins.closed {
-		for _, e := range ins.shards {
-			e.mini.FlushAll() // forget the outage: Redis is the truth again
-		}
+	if ins.closed {
+		return // its switches are not news: a closed Limiter decides in Redis alone
+	}
+	for _, e := range ins.shards {
+		e.mini.FlushAll() // forget the outage: Redis is the truth again
 	}
 	ins.config.Logger.LogAttrs(context.Background(), slog.LevelInfo,
 		"luarate: Redis is back, deciding in Redis again",

@@ -442,6 +442,8 @@ func TestInsuranceClosed(t *testing.T) {
 	_, err = l.Allow(context.Background(), "k", luarate.PerSecond(luarate.GCRA, 10))
 	require.ErrorIs(t, err, luarate.ErrUnavailable)
 	require.ErrorContains(t, err, "limiter closed")
+	require.ErrorIs(t, l.Reset(context.Background(), "k", luarate.PerSecond(luarate.GCRA, 10)), luarate.ErrUnavailable,
+		"a reset that reached neither Redis nor the insurance says so")
 
 	// Redis back: a closed Limiter decides and resets in Redis as any other
 	// (once the client has reconnected: a call that meets the dead
@@ -456,6 +458,31 @@ func TestInsuranceClosed(t *testing.T) {
 	require.NotEmpty(t, main.Keys())
 	require.NoError(t, l.Reset(context.Background(), "k", luarate.PerSecond(luarate.GCRA, 10)))
 	require.Empty(t, main.Keys(), "the reset reached Redis")
+}
+
+// TestInsuranceClosedBeforeOutage: an outage that starts after Close moves
+// no decision to the insurance, so neither switch is logged, and a reset
+// that reached no Redis is an error.
+func TestInsuranceClosedBeforeOutage(t *testing.T) {
+	main, client := redistest.Mini(t)
+	l, _, logs := insuredLimiter(t, client, uniquePrefix(), newClock(), 2)
+	ctx, limit := context.Background(), luarate.PerSecond(luarate.GCRA, 10)
+	_, err := l.Allow(ctx, "k", limit)
+	require.NoError(t, err)
+	l.Close()
+	main.Close()
+	_, err = l.Allow(ctx, "k", limit)
+	require.ErrorIs(t, err, luarate.ErrUnavailable)
+	require.ErrorIs(t, l.Reset(ctx, "k", limit), luarate.ErrUnavailable)
+	require.NoError(t, main.Restart())
+	var res luarate.Result
+	require.Eventually(t, func() bool { // (a call that meets a dead connection fails, as the fault table says)
+		res, err = l.Allow(ctx, "k", limit)
+		return err == nil
+	}, 10*time.Second, 10*time.Millisecond, "decided in Redis again")
+	require.False(t, res.Insured)
+	require.Zero(t, logs.lines(logDown), logs.String())
+	require.Zero(t, logs.lines(logUp), logs.String())
 }
 
 // TestInsuranceRealRedis stops a real redis-server in the middle of
