@@ -41,9 +41,9 @@ invented X-API-Key is limited as its sender's IP. Every limited response
 carries X-RateLimit-* (Reset is a Unix time) and the IETF RateLimit fields;
 over the limit the answer is 429 with Retry-After and a JSON body. When Redis
 fails, /login refuses (503, Retry-After: 1, a JSON body: it guards passwords)
-and the API routes serve anyway, or refuse the same way with -fail-closed,
-or with -insurance keep limiting on this process's share. Each decision is
-logged on stderr.
+and the API routes serve anyway, or refuse the same way with -fail-closed;
+with -insurance every route, /login too, keeps limiting on this process's
+share instead. Each decision is logged on stderr.
 
 Examples:
   luarate serve
@@ -93,7 +93,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return nil
 	})
-	fs.BoolVar(&cfg.failClosed, "fail-closed", false, "answer 503 on the API routes when Redis fails (default: serve them; /login always refuses)")
+	fs.BoolVar(&cfg.failClosed, "fail-closed", false, "answer 503 on the API routes when Redis fails (default: serve them; /login refuses either way, unless -insurance decides)")
 	insured := fs.Int("insurance", 0, "keep limiting when Redis fails, on this process's share: limits divided by `N` replicas (0 = off)")
 	if err := parseFlags(fs, args, serveHelp, stdout); err != nil {
 		return err
