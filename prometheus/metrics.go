@@ -11,13 +11,15 @@
 //
 //	luarate_http_decisions_total{route,outcome}          every decision, by httplimit.Outcome
 //	luarate_http_decision_duration_seconds{route}        time spent asking Redis (histogram)
-//	luarate_http_redis_errors_total{route}               Redis failed or timed out (failed_open, failed_closed)
+//	luarate_http_redis_errors_total{route}               no decision from Redis (failed_open, failed_closed): it failed, timed out, or the request's context ended first
 //	luarate_http_insured_decisions_total{route,outcome}  decided by the Limiter's insurance while Redis was down
 //
 // The route is the request's ServeMux pattern ("GET /api/data") when the
 // middleware sits inside a route, else the middleware's scope (WithScope's
 // name, or "mw1"...): never the raw path, whose values an attacker chooses,
-// so the number of series stays bounded. WithRoute picks another label.
+// so the number of series stays bounded, as long as each middleware is built
+// once, at start (a middleware built per request is a new scope, so a new
+// series, every time). WithRoute picks another label.
 package luarateprom
 
 import (
@@ -48,7 +50,10 @@ func WithRoute(f func(httplimit.Decision) string) Option { return func(m *Metric
 // on a nearby Redis takes 0.1 to 1ms; the default decision timeout is 100ms.
 var DefaultBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25}
 
-// New creates the metrics and registers them with reg.
+// New creates the metrics and registers them with reg. Call it once per
+// registry and give its Metrics to every middleware: a second New on the
+// same registry fails with prometheus.AlreadyRegisteredError. When it fails,
+// it leaves nothing registered.
 func New(reg prometheus.Registerer, opts ...Option) (*Metrics, error) {
 	m := &Metrics{
 		route: defaultRoute,
@@ -63,7 +68,7 @@ func New(reg prometheus.Registerer, opts ...Option) (*Metrics, error) {
 		}, []string{"route"}),
 		redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "luarate_http_redis_errors_total",
-			Help: "Decisions Redis could not make (unreachable, failing or too slow), by route.",
+			Help: "Decisions Redis did not make (unreachable, failing, too slow, or the request's context ended first), by route.",
 		}, []string{"route"}),
 		insured: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "luarate_http_insured_decisions_total",
@@ -73,8 +78,12 @@ func New(reg prometheus.Registerer, opts ...Option) (*Metrics, error) {
 	for _, o := range opts {
 		o(m)
 	}
-	for _, c := range []prometheus.Collector{m.decisions, m.latency, m.redisErrors, m.insured} {
+	collectors := []prometheus.Collector{m.decisions, m.latency, m.redisErrors, m.insured}
+	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {
+			for _, done := range collectors[:i] {
+				reg.Unregister(done)
+			}
 			return nil, err
 		}
 	}

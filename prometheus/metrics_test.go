@@ -1,6 +1,7 @@
 package luarateprom_test
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -53,7 +54,7 @@ func TestRedisErrorsAndInsurance(t *testing.T) {
 	assert.Equal(t, []int{200, 200, 429}, []int{get(h), get(h), get(h)})
 
 	assert.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
-# HELP luarate_http_redis_errors_total Decisions Redis could not make (unreachable, failing or too slow), by route.
+# HELP luarate_http_redis_errors_total Decisions Redis did not make (unreachable, failing, too slow, or the request's context ended first), by route.
 # TYPE luarate_http_redis_errors_total counter
 luarate_http_redis_errors_total{route="closed"} 1
 luarate_http_redis_errors_total{route="open"} 1
@@ -62,4 +63,47 @@ luarate_http_redis_errors_total{route="open"} 1
 luarate_http_insured_decisions_total{outcome="allowed",route="insured"} 2
 luarate_http_insured_decisions_total{outcome="denied",route="insured"} 1
 `), "luarate_http_insured_decisions_total", "luarate_http_redis_errors_total"), "no Redis error counted for insured decisions")
+}
+
+// A New that fails leaves nothing registered; a second New on one registry
+// fails.
+func TestNewFailsWhole(t *testing.T) {
+	reg := &countingRegisterer{Registerer: prometheus.NewRegistry(), refuseAt: 3}
+	_, err := luarateprom.New(reg)
+	require.ErrorContains(t, err, "refused")
+	require.Zero(t, reg.live, "the collectors registered before the refusal were unregistered")
+
+	reg.refuseAt = 0
+	_, err = luarateprom.New(reg)
+	require.NoError(t, err)
+	_, err = luarateprom.New(reg)
+	var dup prometheus.AlreadyRegisteredError
+	require.ErrorAs(t, err, &dup, "one New per registry")
+}
+
+// countingRegisterer counts the collectors registered through it, and
+// refuses the refuseAt-th registration (0: none).
+type countingRegisterer struct {
+	prometheus.Registerer
+	refuseAt, calls, live int
+}
+
+func (r *countingRegisterer) Register(c prometheus.Collector) error {
+	r.calls++
+	if r.calls == r.refuseAt {
+		return errors.New("refused")
+	}
+	if err := r.Registerer.Register(c); err != nil {
+		return err
+	}
+	r.live++
+	return nil
+}
+
+func (r *countingRegisterer) Unregister(c prometheus.Collector) bool {
+	ok := r.Registerer.Unregister(c)
+	if ok {
+		r.live--
+	}
+	return ok
 }
