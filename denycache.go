@@ -13,9 +13,10 @@ import (
 // time. The default is off.
 //
 // After Redis denies a take (Allow, AllowN, AllowMulti) of cost n with
-// RetryAfter T, takes of cost n or more on the same key and limits are
-// answered from memory for the next T (Allowed false, RetryAfter and
-// ResetAfter counted down); everything else goes to Redis, so the limits
+// RetryAfter T, takes of cost n on the same key and limits are answered
+// from memory for the next T (Allowed false, RetryAfter and ResetAfter
+// counted down); everything else goes to Redis (a larger cost too: it would
+// be denied as well, but its RetryAfter is longer), so the limits
 // admit the same requests with the cache on or off. Limits with a Lockout are
 // never answered from memory. A Reset or Refund by another process takes
 // effect here only once the cached retry time has passed; through this
@@ -88,7 +89,7 @@ func (c *denyCache) lookup(redisKey string, limits []Limit, n int, now time.Time
 			continue // expired: drop it
 		}
 		live = append(live, d)
-		if !found && n >= d.n && slices.Equal(d.limits, limits) {
+		if !found && n == d.n && slices.Equal(d.limits, limits) {
 			elapsed := now.Sub(d.at)
 			res = d.res
 			res.RetryAfter -= elapsed
