@@ -148,25 +148,28 @@ func (l *Limiter) AllowMulti(ctx context.Context, key string, n int, limits ...L
 // many in Result.Granted: for a batch endpoint or a message fan-out that can
 // do part of the work now and the rest later. Allowed is true when Granted >
 // 0. When nothing fits it is a denial like AllowN's (RetryAfter is the wait
-// until one unit fits), and it starts the limit's Lockout.
+// until one unit fits), and it starts the limit's Lockout. An n above the
+// limit's capacity asks for the capacity: no more can ever fit.
 //
 // With 10 per minute and 7 already taken, AllowAtMost(ctx, key, limit, 5)
 // returns Allowed true, Granted 3, Remaining 0; the next one returns Allowed
 // false, Granted 0.
 func (l *Limiter) AllowAtMost(ctx context.Context, key string, limit Limit, n int) (Result, error) {
-	return l.decide(ctx, key, n, OpAtMost, []Limit{limit})
+	return l.decide(ctx, key, min(n, limit.Capacity()), OpAtMost, []Limit{limit})
 }
 
 // Penalize takes up to n extra units from key, never going below empty: a
 // suspicious request (a wrong CAPTCHA, a honeypot field filled in) can cost
 // 10 instead of 1. It is AllowAtMost under another name, so Granted is what
 // was taken; on a key with nothing left it takes nothing and, with a Lockout,
-// starts the lock.
+// starts the lock. An n above the limit's capacity takes at most the
+// capacity (a penalty of 10 on a limit of 5 empties it).
 func (l *Limiter) Penalize(ctx context.Context, key string, limit Limit, n int) (Result, error) {
-	return l.decide(ctx, key, n, OpAtMost, []Limit{limit})
+	return l.AllowAtMost(ctx, key, limit, n)
 }
 
-// Refund gives n units back to key, never beyond full, and reports how many
+// Refund gives n units back to key, never beyond full (an n above the
+// limit's capacity gives back at most the capacity), and reports how many
 // went back in Result.Granted; the other fields are what Peek would report
 // after the refund. It admits nothing and writes only when there is something
 // to give back.
@@ -189,7 +192,7 @@ func (l *Limiter) Refund(ctx context.Context, key string, limit Limit, n int) (R
 	if limit.Algorithm == LeakyQueue {
 		return Result{}, fmt.Errorf("luarate: %w: leaky_queue takes no refunds: admitted requests hold their departure slots", ErrInvalidRequest)
 	}
-	return l.decide(ctx, key, n, OpRefund, []Limit{limit})
+	return l.decide(ctx, key, min(n, limit.Capacity()), OpRefund, []Limit{limit})
 }
 
 // modeNames are the scripts' ARGV mode of each Op.
