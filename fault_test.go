@@ -347,7 +347,7 @@ func TestMemorySoak(t *testing.T) {
 				}()
 				for i := w; i < perAlgo; i += 4 {
 					key := "soak:" + strconv.Itoa(i)
-					sent := time.Now()
+					sent := time.Now().Round(0) // wall time, as Redis expires keys by it (see checked)
 					res, err := l.Allow(ctx, key, lim)
 					if err == nil && !res.Allowed {
 						err = fmt.Errorf("%s: the first request on %s denied", algo, key)
@@ -381,7 +381,11 @@ func TestMemorySoak(t *testing.T) {
 			ttls[i] = client.B().Pttl().Key(w.key).Build()
 		}
 		replies := client.DoMulti(ctx, ttls...)
-		checked := time.Now() // every PTTL above ran before this
+		// every PTTL above ran before this. Wall time without the monotonic
+		// reading, as sent: Redis counts TTLs on the wall clock, and when the
+		// host slews it, a monotonic comparison saw keys end 25 ms early that
+		// by the wall clock lived past their period.
+		checked := time.Now().Round(0)
 		for i, r := range replies {
 			ttl, err := r.AsInt64()
 			require.NoError(t, err)
