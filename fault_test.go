@@ -383,8 +383,8 @@ func TestMemorySoak(t *testing.T) {
 		replies := client.DoMulti(ctx, ttls...)
 		// every PTTL above ran before this. Wall time without the monotonic
 		// reading, as sent: Redis counts TTLs on the wall clock, and when the
-		// host slews it, a monotonic comparison saw keys end 25 ms early that
-		// by the wall clock lived past their period.
+		// host's two clocks moved apart, a monotonic comparison saw keys end
+		// 25 ms early that by the wall clock lived past their period.
 		checked := time.Now().Round(0)
 		for i, r := range replies {
 			ttl, err := r.AsInt64()
