@@ -102,9 +102,9 @@ func parseLimit(s string, algo Algorithm) (Limit, error) {
 		return Limit{}, fmt.Errorf("count must be from 1 to %d, got %s", maxRate, digits)
 	}
 	rest = strings.TrimLeft(rest, " \t")
-	mult := 1
+	mult := int64(1) // (int64: a multiplier up to 1e12 overflows a 32-bit int)
 	if m, after := leadingDigits(rest); m != "" {
-		mult, err = strconv.Atoi(m)
+		mult, err = strconv.ParseInt(m, 10, 64)
 		if err != nil || mult < 1 || mult > maxPeriodMS {
 			return Limit{}, fmt.Errorf("period multiplier must be from 1 to %d, got %s", int64(maxPeriodMS), m)
 		}
@@ -114,7 +114,7 @@ func parseLimit(s string, algo Algorithm) (Limit, error) {
 	if !ok {
 		return Limit{}, fmt.Errorf("unknown unit %q; use ms, second (s), minute (m), hour (h) or day (d)", rest)
 	}
-	if int64(mult) > maxPeriodMS/int64(unit/time.Millisecond) {
+	if mult > maxPeriodMS/int64(unit/time.Millisecond) {
 		return Limit{}, fmt.Errorf("period must be at most %dms", int64(maxPeriodMS))
 	}
 	return Limit{Algorithm: algo, Rate: count, Period: time.Duration(mult) * unit}, nil
