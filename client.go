@@ -55,9 +55,10 @@ import (
 var ErrInvalidRequest = errors.New("invalid request")
 
 // ErrUnavailable is wrapped, together with the client's own error, by errors
-// that mean Redis did not decide: it could not be reached, did not answer
-// before the context's deadline, or is down, loading or busy. Decide there
-// whether to fail open or closed.
+// that mean no decision came back: Redis could not be reached, did not
+// answer before the context's deadline, or is down, loading or busy. Decide
+// there whether to fail open or closed. A call whose deadline passed may
+// still have been run by Redis, and counted, after the client gave up.
 var ErrUnavailable = errors.New("redis unavailable")
 
 // ErrNoPermission is wrapped, together with Redis's own error, by errors

@@ -22,10 +22,15 @@ var ErrInvalidResponse = errors.New("luarate: invalid response from Redis")
 // Granted 1.
 type Result struct {
 	// Allowed is true when the request was admitted and its cost consumed.
+	// For Peek and Refund, which admit nothing, it is false only while the
+	// key is locked out (or over a limit lowered since): a Peek on a key with
+	// nothing left still says true, with Remaining 0.
 	Allowed bool
 	// Limit is the capacity of the limit reported: Burst, or Rate for a window.
 	Limit int64
-	// Remaining is how many requests of cost 1 would still be admitted now.
+	// Remaining is how many requests of cost 1 would still be admitted now,
+	// by the limit reported (after an AllowMulti denial, the denying limit
+	// with the longest RetryAfter, which may have more left than another).
 	Remaining int64
 	// ResetAfter is the wait until the limit is back to full (Remaining = Limit).
 	ResetAfter time.Duration
