@@ -17,9 +17,10 @@ import (
 // A call goes out at once while fewer than maxInFlight calls of its lane (one
 // script; in Redis Cluster one script and one hash slot) are in flight, so a
 // lone caller waits for nothing. Calls that arrive while maxInFlight are in
-// flight wait for one to return, then go together as one script call in the scripts' batch form, which decides each
-// alone, in arrival order, exactly as the plain form would. A bad request in a
-// batch fails alone; a Redis that does not answer fails the whole batch.
+// flight wait for one to return, then go together as one script call in the
+// scripts' batch form, which decides each alone, in arrival order, exactly as
+// the plain form would. A bad request in a batch fails alone; a Redis that
+// does not answer fails the whole batch.
 
 // Batch bounds, the scripts' own caps for one batch call: requests and keys,
 // and for sliding_window_log, whose work grows with the units it adds, at
