@@ -2,7 +2,10 @@ package luarate
 
 import (
 	"context"
+	"fmt"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -83,6 +86,44 @@ func BenchmarkAllowDenyCache(b *testing.B) {
 				if _, err := l.Allow(ctx, "flood", limit); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+	}
+}
+
+// BenchmarkDenyCacheMemory is the heap one cached denial holds, for a
+// single-limit key of a few bytes and one of MaxKeyLen (bytes/key).
+func BenchmarkDenyCacheMemory(b *testing.B) {
+	const n = 10_000
+	l := &Limiter{prefix: "rl:"}
+	limits := []Limit{PerSecond(GCRA, 100)}
+	denied := Result{Limit: 100, ResetAfter: time.Minute, RetryAfter: time.Minute}
+	now := time.Now()
+	for _, size := range []int{8, MaxKeyLen} {
+		b.Run(fmt.Sprintf("key=%dB", size), func(b *testing.B) {
+			keys := make([]string, n)
+			for i := range keys {
+				key := strconv.Itoa(i)
+				_, k, _, err := l.command(key+strings.Repeat("k", size-len(key)), 1, OpTake, limits)
+				if err != nil {
+					b.Fatal(err)
+				}
+				keys[i] = k[0]
+			}
+			for b.Loop() {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				c := newDenyCache(n)
+				for _, k := range keys {
+					c.remember(k, limits, 1, now, 0, denied)
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				if c.order.Len() != n {
+					b.Fatalf("cached %d denials, want %d", c.order.Len(), n)
+				}
+				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/key")
 			}
 		})
 	}

@@ -51,8 +51,26 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// ErrInvalidRequest is wrapped by errors about a call's key or cost.
+// ErrInvalidRequest is wrapped by errors about a call's key (empty, or over
+// MaxKeyLen bytes) or cost.
 var ErrInvalidRequest = errors.New("invalid request")
+
+// MaxKeyLen is the longest key a call takes, in bytes. Redis keeps every key
+// for up to its period, so a key made of unhashed client input (a URL, a
+// token) would let each request store whatever the client sent; hash such
+// input first, as httplimit's Header and APIKey do.
+const MaxKeyLen = 1024
+
+// checkKey refuses a key that is empty or longer than MaxKeyLen.
+func checkKey(key string) error {
+	switch {
+	case key == "":
+		return fmt.Errorf("luarate: %w: key must not be empty", ErrInvalidRequest)
+	case len(key) > MaxKeyLen:
+		return fmt.Errorf("luarate: %w: key is %d bytes, at most %d: hash longer identifiers", ErrInvalidRequest, len(key), MaxKeyLen)
+	}
+	return nil
+}
 
 // ErrUnavailable is wrapped, together with the client's own error, by errors
 // that mean no decision came back: Redis could not be reached, did not
@@ -354,8 +372,8 @@ func unavailable(err error) bool {
 // however many limits there are: every key and argument is a substring of one
 // string, and keys and args share one slice.
 func (l *Limiter) command(key string, n int, m Op, limits []Limit) (*loadedScript, []string, []string, error) {
-	if key == "" {
-		return nil, nil, nil, fmt.Errorf("luarate: %w: key must not be empty", ErrInvalidRequest)
+	if err := checkKey(key); err != nil {
+		return nil, nil, nil, err
 	}
 	if len(limits) == 0 {
 		return nil, nil, nil, fmt.Errorf("luarate: %w: need at least one limit", ErrInvalidRequest)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -282,6 +283,7 @@ func TestBadRequests(t *testing.T) {
 		_, err := l.AllowN(ctx, "k", limit, 4)
 		require.NoError(t, err)
 		before := b.rawValue(t, b.keys(t)[0])
+		tooLong := strings.Repeat("k", MaxKeyLen+1)
 		var many []Limit // periods 1s, 2s, ...: one more than a call may carry
 		for i := 1; i <= maxLimits+1; i++ {
 			many = append(many, Limit{Algorithm: GCRA, Rate: 10, Period: time.Duration(i) * time.Second})
@@ -304,6 +306,9 @@ func TestBadRequests(t *testing.T) {
 			}, ErrInvalidRequest, "must share an algorithm"},
 			{func() error { _, err := l.AllowMulti(ctx, "k", 1, limit, PerSecond(TokenBucket, 20)); return err }, ErrInvalidRequest, "two limits with period 1s"},
 			{func() error { return l.Reset(ctx, "", limit) }, ErrInvalidRequest, "key must not be empty"},
+			{func() error { _, err := l.Allow(ctx, tooLong, limit); return err }, ErrInvalidRequest, "key is 1025 bytes, at most 1024: hash longer identifiers"},
+			{func() error { return l.Reset(ctx, tooLong, limit) }, ErrInvalidRequest, "key is 1025 bytes"},
+			{func() error { _, _, err := l.Acquire(ctx, tooLong, 1, time.Second); return err }, ErrInvalidRequest, "key is 1025 bytes"},
 		} {
 			err := tc.call()
 			require.ErrorIs(t, err, tc.is)
@@ -313,6 +318,9 @@ func TestBadRequests(t *testing.T) {
 
 		res, err := l.AllowMulti(ctx, "k16", 1, many[:maxLimits]...)
 		require.NoError(t, err, "16 limits are fine")
+		require.True(t, res.Allowed)
+		res, err = l.Allow(ctx, tooLong[1:], limit)
+		require.NoError(t, err, "a key of MaxKeyLen bytes is fine")
 		require.True(t, res.Allowed)
 	})
 }

@@ -111,9 +111,10 @@ func (le *Lease) Extend(ctx context.Context) (bool, error) {
 // newLease validates a concurrency limit and returns its Lease, with no id
 // yet: Acquire makes one.
 func (l *Limiter) newLease(key string, max int, lease time.Duration) (*Lease, error) {
+	if err := checkKey(key); err != nil {
+		return nil, err
+	}
 	switch {
-	case key == "":
-		return nil, fmt.Errorf("luarate: %w: key must not be empty", ErrInvalidRequest)
 	case max < 1 || max > maxConcurrency:
 		return nil, fmt.Errorf("luarate: %w: max must be from 1 to %d, got %d", ErrInvalidLimit, maxConcurrency, max)
 	case lease <= 0 || lease%time.Millisecond != 0 || lease/time.Millisecond > maxLeaseMS:

@@ -370,6 +370,7 @@ func TestConcurrencyBadGoInput(t *testing.T) {
 			want  error
 		}{
 			{"empty key", "", 1, time.Second, ErrInvalidRequest},
+			{"key too long", strings.Repeat("k", MaxKeyLen+1), 1, time.Second, ErrInvalidRequest},
 			{"max 0", "k", 0, time.Second, ErrInvalidLimit},
 			{"negative max", "k", -1, time.Second, ErrInvalidLimit},
 			{"huge max", "k", 1_000_001, time.Second, ErrInvalidLimit},
@@ -387,7 +388,7 @@ func TestConcurrencyBadGoInput(t *testing.T) {
 		require.ErrorIs(t, err, ErrInvalidLimit)
 		require.Empty(t, b.keys(t))
 		// odd but valid keys
-		for _, key := range []string{strings.Repeat("k", 1<<20), "\x00\xff\n\r{}", "}{", "ключ🙂"} {
+		for _, key := range []string{strings.Repeat("{", MaxKeyLen), "\x00\xff\n\r{}", "}{", "ключ🙂"} { // the longest key, each brace escaped to 3 bytes
 			lease, res, err := l.Acquire(ctx, key, 1, time.Hour)
 			require.NoError(t, err)
 			require.True(t, res.Allowed)

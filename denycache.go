@@ -21,7 +21,8 @@ import (
 // never answered from memory. A Reset or Refund by another process takes
 // effect here only once the cached retry time has passed; through this
 // Limiter it clears the key's cached denials. Beyond size keys the least
-// recently used are forgotten: about size * 300 bytes. The trade-offs:
+// recently used are forgotten: about size * (350 bytes + the key's length).
+// The trade-offs:
 // https://github.com/luarate/luarate/blob/main/docs/operations.md#the-deny-cache
 func WithDenyCache(size int) Option {
 	return func(l *Limiter) {

@@ -219,13 +219,14 @@ func TestBadKeyOrLimitIs500(t *testing.T) {
 // value the scripts did not write (on both backends), and a Redis user
 // without EVALSHA (on real Redis).
 func TestSetupErrorsAre500(t *testing.T) {
-	check := func(t *testing.T, l *luarate.Limiter, want string) {
+	check := func(t *testing.T, l *luarate.Limiter, want string, extra ...httplimit.Option) {
 		t.Helper()
 		for _, opts := range [][]httplimit.Option{nil, {httplimit.WithFailClosed()}} {
 			var obs recorder
 			var logs logBuffer
-			h := middleware(l, luarate.PerSecond(luarate.GCRA, 10), append(opts, httplimit.WithScope("setup"), httplimit.WithObserver(obs.observe),
-				httplimit.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))...)(ok)
+			opts = append(opts, httplimit.WithScope("setup"), httplimit.WithObserver(obs.observe),
+				httplimit.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+			h := middleware(l, luarate.PerSecond(luarate.GCRA, 10), append(opts, extra...)...)(ok)
 			w := get(h, "192.0.2.1:1")
 			assert.Equal(t, 500, w.Code, "a setup error is never served unlimited, nor taken for an outage")
 			assert.JSONEq(t, `{"error":"rate limiting is misconfigured"}`, w.Body.String())
@@ -246,6 +247,8 @@ func TestSetupErrorsAre500(t *testing.T) {
 		require.Len(t, keys, 1)
 		require.NoError(t, client.Do(ctx, client.B().Set().Key(keys[0]).Value("another app's value").Px(time.Minute).Build()).Error())
 		check(t, l, "did not write")
+		longKey := httplimit.WithKey(func(r *http.Request) (string, error) { return "path:" + strings.Repeat("p", luarate.MaxKeyLen), nil })
+		check(t, l, "bytes, at most 1024", longKey) // the scope adds to the key
 	})
 	t.Run("no permission", func(t *testing.T) {
 		if realAddr == "" {

@@ -13,7 +13,9 @@ import (
 
 // KeyFunc maps a request to the key it is limited by. An empty key with a
 // nil error means "no key here": First then tries the next KeyFunc, and the
-// middleware answers 500 with ErrNoKey if none has one.
+// middleware answers 500 with ErrNoKey if none has one. A key over
+// luarate.MaxKeyLen bytes is refused (500): hash client input that can be
+// long, as Header does.
 type KeyFunc func(r *http.Request) (string, error)
 
 // IP keys by the client's IP address, as "ip:203.0.113.7". IPv6 clients are
