@@ -37,7 +37,9 @@
 // (luarate.ErrNoPermission) or a key holding a value the scripts did not
 // write is a bug in the setup, not an outage: those get 500 under either
 // policy, so a setup error never leaves an API silently unlimited. Refuse (a
-// key function) gets 401.
+// key function) gets 401. A request whose own context ends before Redis
+// answers (the client went away) is not a Redis failure: it gets 503 without
+// running the handler, is logged at Debug, and is Outcome Canceled.
 //
 // The third policy lives in the Limiter, so every caller of it gets it:
 // with insurance.With (package luarate/insurance), a Redis failure or timeout is decided on an
@@ -83,6 +85,7 @@ const (
 	FailedOpen   Outcome = "failed_open"   // Redis failed; served anyway
 	FailedClosed Outcome = "failed_closed" // Redis failed; 503
 	Refused      Outcome = "refused"       // the key function refused the request (ErrRefused); 401
+	Canceled     Outcome = "canceled"      // the request's own context ended (the client went away) before Redis answered; the handler did not run; 503
 	Error        Outcome = "error"         // a setup error: bad key, cost or limit, a Redis user without the scripts' permissions, a foreign value at the key; 500
 )
 
@@ -177,9 +180,9 @@ func WithDenyHandler(f func(w http.ResponseWriter, r *http.Request, res luarate.
 }
 
 // WithErrorHandler replaces the response when no decision could be made:
-// err wraps ErrUnavailable when Redis failed under WithFailClosed, ErrRefused
-// when the key function refused the request, otherwise the key, cost or
-// limit was bad. The default writes 503 (with Retry-After: 1), 401 or 500
+// err wraps ErrUnavailable when Redis failed under WithFailClosed or the
+// request's context ended first (Outcome Canceled), ErrRefused when the key
+// function refused the request, otherwise the key, cost or limit was bad. The default writes 503 (with Retry-After: 1), 401 or 500
 // and a JSON body {"error": ...}.
 func WithErrorHandler(f func(w http.ResponseWriter, r *http.Request, err error)) Option {
 	return func(c *config) { c.onError = f }
@@ -196,7 +199,8 @@ func WithFailClosed() Option { return func(c *config) { c.failClosed = true } }
 // 100ms; 0 means only the request's own context applies.
 func WithTimeout(d time.Duration) Option { return func(c *config) { c.timeout = d } }
 
-// WithLogger sets where failures are logged (at level Error). The default
+// WithLogger sets where failures are logged (at level Error; a request whose
+// context ended first at Debug). The default
 // value is slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
 
@@ -262,6 +266,8 @@ func (c *config) serve(l *luarate.Limiter, limits []luarate.Limit, next http.Han
 		d.Outcome = Denied
 	case errors.Is(err, ErrRefused):
 		d.Outcome = Refused
+	case errors.Is(err, ErrUnavailable) && r.Context().Err() != nil:
+		d.Outcome = Canceled
 	case !errors.Is(err, ErrUnavailable):
 		d.Outcome = Error
 	case c.failClosed:
@@ -271,7 +277,11 @@ func (c *config) serve(l *luarate.Limiter, limits []luarate.Limit, next http.Han
 	}
 	d.Err = err
 	if err != nil && d.Outcome != Refused {
-		c.logger.LogAttrs(r.Context(), slog.LevelError, "luarate: no rate-limit decision",
+		level := slog.LevelError
+		if d.Outcome == Canceled {
+			level = slog.LevelDebug // the client's doing, not a failure
+		}
+		c.logger.LogAttrs(r.Context(), level, "luarate: no rate-limit decision",
 			slog.String("outcome", string(d.Outcome)), slog.String("key", d.Key),
 			slog.String("method", r.Method), slog.String("path", r.URL.Path),
 			slog.Duration("latency", d.Latency), slog.Any("error", err))

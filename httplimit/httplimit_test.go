@@ -369,6 +369,44 @@ func TestRedisStoppedInsurance(t *testing.T) {
 	}
 }
 
+// A client that hangs up before Redis answers is not a Redis failure: under
+// either policy the handler does not run for it, it is logged at Debug, not
+// Error, and the observer sees Outcome Canceled.
+func TestClientGoneIsNotAFailure(t *testing.T) {
+	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
+		l := luarate.New(client, luarate.WithPrefix(prefix))
+		for _, opts := range [][]httplimit.Option{nil, {httplimit.WithFailClosed()}} {
+			var obs recorder
+			var logs logBuffer
+			ran := false
+			h := middleware(l, luarate.PerSecond(luarate.GCRA, 10), append(opts, httplimit.WithObserver(obs.observe),
+				httplimit.WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))...)(
+				http.HandlerFunc(func(http.ResponseWriter, *http.Request) { ran = true }))
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			r := httptest.NewRequestWithContext(ctx, "GET", "/api/data", nil)
+			r.RemoteAddr = "192.0.2.1:1"
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			assert.False(t, ran, "no handler runs for a request that is gone")
+			assert.Equal(t, http.StatusServiceUnavailable, w.Code)
+			d := obs.last(t)
+			assert.Equal(t, httplimit.Canceled, d.Outcome)
+			assert.ErrorIs(t, d.Err, context.Canceled)
+			assert.ErrorIs(t, d.Err, httplimit.ErrUnavailable)
+			assert.Contains(t, logs.String(), "level=DEBUG")
+			assert.Contains(t, logs.String(), "outcome=canceled")
+			assert.NotContains(t, logs.String(), "level=ERROR")
+
+			// the middleware's own timeout, with the client still there, stays a failure
+			h = middleware(l, luarate.PerSecond(luarate.GCRA, 10), append(opts, httplimit.WithObserver(obs.observe),
+				httplimit.WithTimeout(time.Nanosecond), httplimit.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))...)(ok)
+			get(h, "192.0.2.1:1")
+			assert.Contains(t, []httplimit.Outcome{httplimit.FailedOpen, httplimit.FailedClosed}, obs.last(t).Outcome)
+		}
+	})
+}
+
 func TestDecisionTimeout(t *testing.T) {
 	eachBackend(t, func(t *testing.T, client rueidis.Client, prefix string) {
 		var obs recorder

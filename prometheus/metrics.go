@@ -11,7 +11,7 @@
 //
 //	luarate_http_decisions_total{route,outcome}          every decision, by httplimit.Outcome
 //	luarate_http_decision_duration_seconds{route}        time spent asking Redis (histogram)
-//	luarate_http_redis_errors_total{route}               no decision from Redis (failed_open, failed_closed): it failed, timed out, or the request's context ended first
+//	luarate_http_redis_errors_total{route}               no decision from Redis (failed_open, failed_closed): it failed or timed out
 //	luarate_http_insured_decisions_total{route,outcome}  decided by the Limiter's insurance while Redis was down
 //
 // The route is the request's ServeMux pattern ("GET /api/data") when the
@@ -59,7 +59,7 @@ func New(reg prometheus.Registerer, opts ...Option) (*Metrics, error) {
 		route: defaultRoute,
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "luarate_http_decisions_total",
-			Help: "Rate-limit decisions of the HTTP middleware, by route and outcome (allowed, denied, failed_open, failed_closed, refused, error).",
+			Help: "Rate-limit decisions of the HTTP middleware, by route and outcome (allowed, denied, failed_open, failed_closed, refused, canceled, error).",
 		}, []string{"route", "outcome"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "luarate_http_decision_duration_seconds",
@@ -68,7 +68,7 @@ func New(reg prometheus.Registerer, opts ...Option) (*Metrics, error) {
 		}, []string{"route"}),
 		redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "luarate_http_redis_errors_total",
-			Help: "Decisions Redis did not make (unreachable, failing, too slow, or the request's context ended first), by route.",
+			Help: "Decisions Redis did not make (unreachable, failing or too slow; not a request whose client went away first), by route.",
 		}, []string{"route"}),
 		insured: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "luarate_http_insured_decisions_total",

@@ -1,6 +1,7 @@
 package luarateprom_test
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -43,6 +44,9 @@ func TestRedisErrorsAndInsurance(t *testing.T) {
 
 	open := httplimit.Middleware(luarate.New(client), limits, httplimit.WithScope("open"), httplimit.WithObserver(metrics.Observe), quiet)(ok)
 	assert.Equal(t, 200, get(open))
+	gone, cancel := context.WithCancel(context.Background())
+	cancel() // a client that went away: no Redis error
+	open.ServeHTTP(httptest.NewRecorder(), httptest.NewRequestWithContext(gone, "GET", "/", nil))
 	closed := httplimit.Middleware(luarate.New(client), limits, httplimit.WithScope("closed"), httplimit.WithFailClosed(), httplimit.WithObserver(metrics.Observe), quiet)(ok)
 	assert.Equal(t, 503, get(closed))
 
@@ -54,7 +58,14 @@ func TestRedisErrorsAndInsurance(t *testing.T) {
 	assert.Equal(t, []int{200, 200, 429}, []int{get(h), get(h), get(h)})
 
 	assert.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
-# HELP luarate_http_redis_errors_total Decisions Redis did not make (unreachable, failing, too slow, or the request's context ended first), by route.
+# HELP luarate_http_decisions_total Rate-limit decisions of the HTTP middleware, by route and outcome (allowed, denied, failed_open, failed_closed, refused, canceled, error).
+# TYPE luarate_http_decisions_total counter
+luarate_http_decisions_total{outcome="allowed",route="insured"} 2
+luarate_http_decisions_total{outcome="canceled",route="open"} 1
+luarate_http_decisions_total{outcome="denied",route="insured"} 1
+luarate_http_decisions_total{outcome="failed_closed",route="closed"} 1
+luarate_http_decisions_total{outcome="failed_open",route="open"} 1
+# HELP luarate_http_redis_errors_total Decisions Redis did not make (unreachable, failing or too slow; not a request whose client went away first), by route.
 # TYPE luarate_http_redis_errors_total counter
 luarate_http_redis_errors_total{route="closed"} 1
 luarate_http_redis_errors_total{route="open"} 1
@@ -62,7 +73,8 @@ luarate_http_redis_errors_total{route="open"} 1
 # TYPE luarate_http_insured_decisions_total counter
 luarate_http_insured_decisions_total{outcome="allowed",route="insured"} 2
 luarate_http_insured_decisions_total{outcome="denied",route="insured"} 1
-`), "luarate_http_insured_decisions_total", "luarate_http_redis_errors_total"), "no Redis error counted for insured decisions")
+`), "luarate_http_decisions_total", "luarate_http_insured_decisions_total", "luarate_http_redis_errors_total"),
+		"no Redis error counted for insured decisions, nor for a client that went away")
 }
 
 // A New that fails leaves nothing registered; a second New on one registry
