@@ -55,7 +55,7 @@ Examples:
   go run ./cmd/luarate serve -redis 127.0.0.1:6379
   go run ./cmd/luarate scripts -o /tmp/luarate-scripts
 
-Run 'luarate <command> -h' for a command's flags.
+Run 'luarate <command> -h' (or 'luarate help <command>') for a command's flags.
 `
 
 const versionHelp = `Usage: luarate version
@@ -96,14 +96,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprint(stdout, mainHelp)
 			return exitOK
 		}
-		if len(rest) == 1 && (rest[0] == "-version" || rest[0] == "--version") {
-			err = version(stdout)
+		if len(rest) > 0 && (rest[0] == "-version" || rest[0] == "--version") {
+			if len(rest) > 1 {
+				err = usageError{fmt.Errorf("%s takes no arguments, got %q (run 'luarate -h')", rest[0], rest[1])}
+			} else {
+				err = version(stdout)
+			}
 			break
 		}
 		err = demo(ctx, rest, stdout, stderr)
-	case "help":
-		fmt.Fprint(stdout, mainHelp)
-		return exitOK
+	case "help": // "help serve" is "serve -h"
+		switch {
+		case len(rest) == 0 || len(rest) == 1 && rest[0] == "help":
+			fmt.Fprint(stdout, mainHelp)
+			return exitOK
+		case len(rest) == 1:
+			return run(ctx, []string{rest[0], "-h"}, stdout, stderr)
+		}
+		err = usageError{fmt.Errorf("help takes one command, got %q (run 'luarate -h')", strings.Join(rest, " "))}
 	case "try":
 		err = try(ctx, rest, stdout, stderr)
 	case "serve":

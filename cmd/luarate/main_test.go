@@ -115,6 +115,9 @@ func TestErrorsAreOneLine(t *testing.T) {
 		{[]string{"-redis", "nonsense"}, exitUsage, `luarate: bad Redis address "nonsense": want host:port or redis://[user:password@]host:port`},
 		{[]string{"-bogus"}, exitUsage, "luarate: flag provided but not defined: -bogus (run 'luarate -h')"},
 		{[]string{"frobnicate"}, exitUsage, `luarate: unknown command "frobnicate"`},
+		{[]string{"help", "frobnicate"}, exitUsage, `luarate: unknown command "frobnicate"`},
+		{[]string{"help", "try", "serve"}, exitUsage, `luarate: help takes one command, got "try serve"`},
+		{[]string{"-version", "extra"}, exitUsage, `luarate: -version takes no arguments, got "extra"`},
 		{[]string{"try", "-algo", "nope"}, exitUsage, `luarate: try: invalid value "nope" for flag -algo: unknown algorithm "nope"; choose one of fixed_window, `},
 		{[]string{"try", "-rate", "0"}, exitUsage, "luarate: try: invalid limit: rate must be from 1 to"},
 		{[]string{"try", "-n", "0"}, exitUsage, "luarate: try: -n must be from 1 to 1000000, got 0"},
@@ -136,11 +139,16 @@ func TestErrorsAreOneLine(t *testing.T) {
 }
 
 func TestHelp(t *testing.T) {
-	for _, args := range [][]string{{"-h"}, {"help"}, {"try", "-h"}, {"serve", "-h"}, {"scripts", "-h"}, {"load", "-h"}, {"version", "-h"}} {
+	for _, args := range [][]string{{"-h"}, {"help"}, {"help", "help"}, {"try", "-h"}, {"serve", "-h"}, {"scripts", "-h"}, {"load", "-h"}, {"version", "-h"}} {
 		code, out, errOut := runLuarate(t, args...)
 		assert.Equal(t, 0, code, args)
 		assert.Empty(t, errOut)
 		assert.Contains(t, out, "Examples:", args)
+	}
+	for _, cmd := range []string{"try", "serve", "scripts", "load", "version"} {
+		_, want, _ := runLuarate(t, cmd, "-h")
+		_, out, _ := runLuarate(t, "help", cmd)
+		assert.Equal(t, want, out, "help %s is %s -h", cmd, cmd)
 	}
 	_, out, _ := runLuarate(t, "serve", "-h")
 	assert.Contains(t, out, `listen address (":8080" listens on every interface) (default "127.0.0.1:8080")`, "loopback unless asked")
