@@ -2,6 +2,7 @@ package luarate
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,12 +15,14 @@ import (
 // Coalesced batches. Each script call costs Redis a fixed price (parsing the
 // call, TIME, the reply) on top of the decision itself, so when decisions
 // queue up, sending many of them as one call is most of what Redis can save.
-// A call goes out at once while fewer than maxInFlight calls of its lane (one
-// script; in Redis Cluster one script and one hash slot) are in flight, so a
-// lone caller waits for nothing. Calls that arrive while maxInFlight are in
-// flight wait for one to return, then go together as one script call in the
-// scripts' batch form, which decides each alone, in arrival order, exactly as
-// the plain form would. A bad request in a batch fails alone; a Redis that
+// A call goes out at once, alone, when no call of its lane (one script; in
+// Redis Cluster one script and one hash slot) is in flight, so a lone caller
+// waits for nothing. While fewer than maxInFlight are in flight, a call goes
+// at once too, but first yields so that the goroutines about to call join it
+// (gather). Calls that arrive while maxInFlight are in flight wait for one to
+// return. Either way they go together as one script call in the scripts'
+// batch form, which decides each alone, in arrival order, exactly as the
+// plain form would. A bad request in a batch fails alone; a Redis that
 // does not answer fails the whole batch.
 
 // Batch bounds, the scripts' own caps for one batch call: requests and keys,
@@ -84,7 +87,7 @@ func (b *batcher) do(ctx context.Context, script *loadedScript, keys, args []str
 		st = &laneState{}
 		b.lanes[ln] = st
 	}
-	if st.inFlight < maxInFlight && len(st.queue) == 0 {
+	if st.inFlight == 0 {
 		st.inFlight++
 		b.mu.Unlock()
 		res, err := evalOne(ctx, b.client, script, keys, args)
@@ -93,13 +96,43 @@ func (b *batcher) do(ctx context.Context, script *loadedScript, keys, args []str
 	}
 	w := &waiter{ctx: ctx, keys: keys, args: args, done: make(chan struct{})}
 	st.queue = append(st.queue, w)
+	lead := st.inFlight < maxInFlight && len(st.queue) == 1
+	if lead {
+		st.inFlight++
+	}
 	b.mu.Unlock()
+	if lead {
+		b.gather(st)
+		b.next(ln, st)
+	}
 	select {
 	case <-w.done:
 		return w.res, w.err
 	case <-ctx.Done():
 		w.gone.Store(true) // if already sent, its decision stands unseen: the safe side
 		return Result{}, ctx.Err()
+	}
+}
+
+// maxYields bounds how often a call that found a free slot yields for others
+// to join it.
+const maxYields = 3
+
+// gather yields while callers keep joining the queue of st, at most
+// maxYields times: a call that found a slot free goes at once, but together
+// with the goroutines that are about to call (typically the callers a
+// returning batch just answered), instead of alone ahead of them.
+func (b *batcher) gather(st *laneState) {
+	n := 1
+	for range maxYields {
+		runtime.Gosched()
+		b.mu.Lock()
+		joined := len(st.queue) > n
+		n = len(st.queue)
+		b.mu.Unlock()
+		if !joined {
+			return
+		}
 	}
 }
 
